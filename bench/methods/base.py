@@ -1,0 +1,109 @@
+"""The contract every method fulfils, and the GAP-FC output layer they share.
+
+A method is a ``MethodNet``: a backbone plus an output layer. It says four things:
+- how it changes the network (its constructor: attention hooks on the backbone, extra heads);
+- the loss terms it adds in training (``training_loss`` returns them by name);
+- the localization map it gives for a class (``localization_maps``);
+- the network it deploys (``deploy``: training-only parts removed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.models.common import Backbone
+
+# A method builder receives this: it returns the chosen backbone, accepting the attention hooks
+# ``block_attn``, ``conv_attn`` and ``stage_attn`` of bench.models.common.
+BackboneFactory = Callable[..., Backbone]
+
+
+@dataclass
+class Batch:
+    """One training batch. With CutMix, ``x = mask * x_a + (1 - mask) * x_b`` where ``x_b`` is the
+    un-mixed batch (labels ``y``) and ``x_a`` the source of the pasted patch (labels ``y_a``)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    y_a: Optional[torch.Tensor] = None
+    lam: float = 0.0  # fraction of the image pasted from x_a
+    mask: Optional[torch.Tensor] = None  # (B, 1, H, W), 1 inside the pasted patch
+    x_a: Optional[torch.Tensor] = None
+
+    @property
+    def mixed(self) -> bool:
+        return self.mask is not None
+
+    def classification_loss(self, logits: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against the (possibly CutMix-mixed) labels. ``logits`` may also be
+        log-probabilities: log_softmax leaves a normalised log-distribution unchanged."""
+        loss = F.cross_entropy(logits, self.y)
+        if self.mixed:
+            loss = (1 - self.lam) * loss + self.lam * F.cross_entropy(logits, self.y_a)
+        return loss
+
+
+@dataclass
+class StepOutput:
+    """What a training step produced: the total loss, the logits for accuracy, and each term."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class GapFc(nn.Module):
+    """Global average pooling, then one linear layer: the baseline output layer, and its CAM."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        return self.fc(feature.mean(dim=(2, 3)))
+
+    def cam(self, feature: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Class activation map (Zhou et al. 2016): sum_k w[c, k] * feature_k, shape (B, h, w)."""
+        weights = self.fc.weight[classes]  # (B, C)
+        return torch.einsum("bc,bchw->bhw", weights, feature)
+
+
+class MethodNet(nn.Module):
+    """Backbone + GAP-FC: the baseline. Methods subclass it and override what they change."""
+
+    def __init__(self, backbone: Backbone, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = GapFc(backbone.out_channels, num_classes)
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores used for prediction (logits, or log-probabilities)."""
+        return self.head(self.backbone(x)[-1])
+
+    def training_loss(self, batch: Batch) -> StepOutput:
+        logits = self(batch.x)
+        loss = batch.classification_loss(logits)
+        return StepOutput(loss, logits, {"ce": loss.detach()})
+
+    def localization_maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Raw (un-normalised) maps of shape (B, h, w) for the given class per image."""
+        return self.head.cam(self.backbone(x)[-1], classes)
+
+    def deploy(self) -> nn.Module:
+        """The inference network; shares parameters with this one."""
+        return self
+
+
+class BaselineDeploy(MethodNet):
+    """The plain backbone + GAP-FC that training-only methods deploy (shares their modules)."""
+
+    def __init__(self, backbone: Backbone, head: GapFc) -> None:
+        nn.Module.__init__(self)
+        self.backbone = backbone
+        self.head = head
+        self.num_classes = head.fc.out_features

@@ -1,0 +1,69 @@
+"""Training recipes registered by name. A preset fixes the recipe and default dataset and backbone;
+command-line flags override single fields."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from bench.errors import BenchError
+from bench.registry import PRESETS
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides how a model is trained (part of a run's config hash)."""
+
+    dataset: str = "digits-clutter"
+    backbone: str = "resnet20"
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step
+    milestones: tuple[int, ...] = ()  # epochs at which a step schedule multiplies lr by gamma
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    cutmix: float = 0.0  # probability of a CutMix batch (beta(1, 1) area), for every method
+    seeds: int = 1
+    eval_batch_size: int = 512
+
+    def replace(self, **changes: Any) -> "Recipe":
+        """A copy with ``changes`` applied (``None`` values ignored), validated."""
+        recipe = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        recipe.validate()
+        return recipe
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "seeds", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                raise BenchError(f"--{name.replace('_', '-')} must be a positive integer, "
+                                 f"got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise BenchError(f"--lr must be positive, got {self.lr}")
+        if self.schedule not in ("cosine", "step"):
+            raise BenchError(f"--schedule must be cosine or step, got {self.schedule!r}")
+        if not 0.0 <= self.cutmix <= 1.0:
+            raise BenchError(f"--cutmix is a probability in [0, 1], got {self.cutmix}")
+        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
+            raise BenchError(f"--warmup-epochs must be in [0, epochs), got {self.warmup_epochs}")
+
+
+PRESETS.add("smoke", Recipe(epochs=2, batch_size=64, lr=0.05, backbone="resnet8"),
+            "seconds: 2 epochs of ResNet-8 on digits-clutter; for tests and CI")
+PRESETS.add("quick", Recipe(),
+            "the default: 15 epochs of ResNet-20 on digits-clutter, meaningful on a CPU in minutes")
+# The CIFAR recipe of the ResNet-110 comparisons in SAOL (Tables 1-2) and ABN: SGD 0.9, batch 128,
+# lr 0.1 divided by 10 at epochs 150 and 225 of 300, weight decay 1e-4.
+PRESETS.add("paper-cifar", Recipe(dataset="cifar10", backbone="resnet110", epochs=300, batch_size=128,
+                                  lr=0.1, weight_decay=1e-4, schedule="step", milestones=(150, 225),
+                                  eval_batch_size=1000),
+            "CIFAR recipe of SAOL/ABN: 300 epochs, batch 128, lr 0.1 /10 at 150 and 225, wd 1e-4")
+# The ImageNet recipe of CutMix, which SAOL (Sec. 4.1.2) keeps: 300 epochs, batch 256, lr 0.1
+# divided by 10 at epochs 75, 150 and 225, weight decay 1e-4.
+PRESETS.add("paper-imagenet", Recipe(dataset="imagenet", backbone="resnet50", epochs=300,
+                                     batch_size=256, lr=0.1, weight_decay=1e-4, schedule="step",
+                                     milestones=(75, 150, 225), eval_batch_size=256),
+            "ImageNet recipe of CutMix/SAOL: 300 epochs, batch 256, lr 0.1 /10 at 75/150/225, wd 1e-4")

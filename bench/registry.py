@@ -1,0 +1,195 @@
+"""Everything selectable by name: methods, backbones, datasets, presets and tasks.
+
+Entries register themselves with a decorator (timm-style); a *spec* such as ``se[r=8]`` names an
+entry and overrides some of its declared options, like pip extras.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from bench.errors import BenchError
+
+
+def normalize_name(name: str) -> str:
+    """Canonical form of a registered name: lower case, hyphens (``GAP_FC`` -> ``gap-fc``)."""
+    return name.strip().lower().replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered object with its description and declared options (name -> default)."""
+
+    name: str
+    obj: Any
+    description: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+
+class Registry:
+    """A name -> Entry table for one kind of thing ("method", "backbone", ...)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+        self._aliases: dict[str, str] = {}
+
+    def register(self, name: str, description: str, aliases: tuple[str, ...] = (),
+                 **defaults: Any) -> Callable[[Any], Any]:
+        """Decorator registering ``obj`` under ``name``; keyword arguments declare its options."""
+        def wrap(obj: Any) -> Any:
+            self.add(name, obj, description, aliases=aliases, **defaults)
+            return obj
+        return wrap
+
+    def add(self, name: str, obj: Any, description: str, aliases: tuple[str, ...] = (),
+            **defaults: Any) -> Entry:
+        key = normalize_name(name)
+        if key in self._entries:
+            raise ValueError(f"{self.kind} {key!r} is registered twice")
+        entry = Entry(key, obj, description, dict(defaults), tuple(aliases))
+        self._entries[key] = entry
+        for alias in aliases:
+            self._aliases[normalize_name(alias)] = key
+        return entry
+
+    def get(self, name: str) -> Entry:
+        key = normalize_name(name)
+        key = self._aliases.get(key, key)
+        if key not in self._entries:
+            raise BenchError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}")
+        return self._entries[key]
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._entries.values())
+
+    def __contains__(self, name: str) -> bool:
+        key = normalize_name(name)
+        return self._aliases.get(key, key) in self._entries
+
+
+METHODS = Registry("method")
+BACKBONES = Registry("backbone")
+DATASETS = Registry("dataset")
+PRESETS = Registry("preset")
+TASKS = Registry("task")
+
+_SPEC = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*(?:\[(.*)\])?\s*$")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed ``name[key=value,...]``: the entry's canonical name and its full option values."""
+
+    kind: str
+    name: str
+    options: tuple[tuple[str, Any], ...]
+    overrides: tuple[tuple[str, Any], ...]
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    def __str__(self) -> str:
+        """Canonical text: the name plus only the options that differ from the defaults, sorted."""
+        if not self.overrides:
+            return self.name
+        return f"{self.name}[{','.join(f'{k}={format_value(v)}' for k, v in self.overrides)}]"
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "+".join(format_value(v) for v in value)
+    return str(value)
+
+
+def _coerce(kind: str, name: str, key: str, text: str, default: Any) -> Any:
+    """Convert option text to the type of its default; lists are written ``a+b+c``."""
+    text = text.strip()
+    where = f"option {key}={text!r} of {kind} {name!r}"
+    if isinstance(default, bool):
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise BenchError(f"{where}: expected true or false")
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise BenchError(f"{where}: expected an integer") from None
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise BenchError(f"{where}: expected a number") from None
+    if isinstance(default, tuple):
+        parts = [p for p in text.split("+") if p.strip()]
+        if not parts:
+            raise BenchError(f"{where}: expected a list written a+b+c")
+        elem = default[0] if default else ""
+        return tuple(_coerce(kind, name, key, p, elem) for p in parts)
+    if default is None:
+        return None if text.lower() in ("none", "") else text
+    return text
+
+
+def parse_spec(registry: Registry, text: str) -> Spec:
+    """Parse ``name[key=value,...]`` against a registry; unknown names and options are BenchErrors."""
+    match = _SPEC.match(text)
+    if not match:
+        raise BenchError(f"malformed {registry.kind} {text!r}: write name or name[key=value,...]")
+    entry = registry.get(match.group(1))
+    values = dict(entry.defaults)
+    overrides: dict[str, Any] = {}
+    body = match.group(2)
+    if body is not None and body.strip():
+        for item in body.split(","):
+            if "=" not in item:
+                raise BenchError(f"malformed option {item.strip()!r} in {text!r}: write key=value")
+            key, raw = item.split("=", 1)
+            key = key.strip().replace("-", "_")
+            if key not in entry.defaults:
+                valid = ", ".join(entry.defaults) or "none"
+                raise BenchError(f"unknown option {key!r} for {registry.kind} {entry.name!r}; "
+                                 f"valid: {valid}")
+            value = _coerce(registry.kind, entry.name, key, raw, entry.defaults[key])
+            values[key] = value
+            if value != entry.defaults[key]:
+                overrides[key] = value
+    return Spec(registry.kind, entry.name, tuple(sorted(values.items())),
+                tuple(sorted(overrides.items())))
+
+
+def split_specs(text: str) -> list[str]:
+    """Split ``a,b[x=1,y=2],c`` on the commas outside brackets."""
+    items, depth, current = [], 0, ""
+    for ch in text:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    items.append(current)
+    return [i.strip() for i in items if i.strip()]
+
+
+def load_all() -> None:
+    """Import every module that registers entries (methods, backbones, datasets, tasks, presets)."""
+    import bench.data  # noqa: F401
+    import bench.methods  # noqa: F401
+    import bench.models  # noqa: F401
+    import bench.presets  # noqa: F401
+    import bench.tasks  # noqa: F401
