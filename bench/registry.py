@@ -5,6 +5,8 @@ entry and overrides some of its declared options, like pip extras.
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -184,6 +186,13 @@ def split_specs(text: str) -> list[str]:
             current += ch
     items.append(current)
     return [i.strip() for i in items if i.strip()]
+
+
+def import_submodules(package: str, path: list[str]) -> None:
+    """Import every module of a package (but ``base``), so that each registers its entries."""
+    for info in pkgutil.iter_modules(path):
+        if info.name != "base" and not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")
 
 
 def load_all() -> None:

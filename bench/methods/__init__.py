@@ -1,11 +1,7 @@
 """Methods, one module each; importing this package registers every module found in it."""
-import importlib
-import pkgutil
-
 from bench.methods.base import Batch, GapFc, MethodNet, StepOutput
+from bench.registry import import_submodules
 
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base" and not _info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_submodules(__name__, __path__)
 
 __all__ = ["Batch", "GapFc", "MethodNet", "StepOutput"]

@@ -29,6 +29,7 @@ class Metric:
 class TaskResult:
     metrics: list[Metric] = field(default_factory=list)
     curves: dict[str, list[float]] = field(default_factory=dict)  # name -> value per epoch
+    artifacts: dict[str, str] = field(default_factory=dict)  # name -> path of a file written
 
 
 @dataclass
@@ -44,6 +45,7 @@ class RunContext:
     out_dir: Path
     run_id: int
     model: Optional[MethodNet] = None
+    history: Optional[dict[str, Any]] = None  # the training run's curves and throughput
     options: dict[str, Any] = field(default_factory=dict)  # task options from the command line
 
 

@@ -1,0 +1,150 @@
+"""The training loop shared by every method: SGD, warm-up + cosine/step schedule, optional CutMix,
+per-epoch curves, and failure on a NaN or diverging loss.
+
+The loop is deliberately as lean as a hand-written one (see tests/bench_trainer.py): batches come
+from in-memory tensors, the loss is read back only every ``check_every`` steps.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from bench.data.base import DataBundle, Split
+from bench.errors import RunFailed
+from bench.methods.base import Batch, MethodNet
+from bench.presets import Recipe
+
+
+@dataclass
+class History:
+    """Per-epoch curves of one training run, and its throughput."""
+
+    train_loss: list[float] = field(default_factory=list)
+    train_top1: list[float] = field(default_factory=list)
+    test_top1: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    seconds: float = 0.0  # time in training steps only (per-epoch evaluation excluded)
+    images: int = 0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+def lr_factor(recipe: Recipe, epoch: float) -> float:
+    """Multiplier of the base learning rate at a (fractional) epoch: linear warm-up, then schedule."""
+    if epoch < recipe.warmup_epochs:
+        return (epoch + 1e-8) / recipe.warmup_epochs
+    if recipe.schedule == "cosine":
+        span = max(recipe.epochs - recipe.warmup_epochs, 1e-8)
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - recipe.warmup_epochs) / span))
+    return recipe.gamma ** sum(epoch >= m for m in recipe.milestones)
+
+
+def make_batch(x: torch.Tensor, y: torch.Tensor, prob: float,
+               generator: torch.Generator) -> Batch:
+    """A training batch; with probability ``prob`` a CutMix batch (Yun et al. 2019): a box of area
+    fraction ~ U(0, 1) from a shuffled copy ``x_a`` pasted into ``x`` (lam = exact pasted fraction)."""
+    if prob <= 0 or torch.rand(1, generator=generator).item() >= prob:
+        return Batch(x, y)
+    b, _, h, w = x.shape
+    perm = torch.randperm(b, generator=generator).to(x.device)
+    cut = math.sqrt(torch.rand(1, generator=generator).item())  # side ratio; area ~ U(0, 1)
+    ch, cw = int(h * cut), int(w * cut)
+    cy = int(torch.randint(h, (1,), generator=generator))
+    cx = int(torch.randint(w, (1,), generator=generator))
+    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    mask = torch.zeros(1, 1, h, w, device=x.device, dtype=x.dtype)
+    mask[..., y0:y1, x0:x1] = 1
+    x_a = x[perm]
+    mixed = mask * x_a + (1 - mask) * x
+    lam = (y1 - y0) * (x1 - x0) / (h * w)
+    return Batch(mixed, y, y_a=y[perm], lam=lam, mask=mask.expand(b, 1, h, w), x_a=x_a)
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                           nesterov=recipe.nesterov and recipe.momentum > 0,
+                           weight_decay=recipe.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int,
+             device: torch.device) -> dict[str, float]:
+    """Top-1 and top-5 accuracy (%) and mean cross-entropy of ``model``'s scores on ``split``."""
+    model.eval()
+    correct1 = correct5 = 0
+    loss_sum, n = 0.0, 0
+    for x, y in split.batches(batch_size, train=False, device=device):
+        scores = model(x)
+        loss_sum += torch.nn.functional.cross_entropy(scores, y, reduction="sum").item()
+        top = scores.topk(min(5, scores.shape[1]), dim=1).indices
+        hit = top == y[:, None]
+        correct1 += hit[:, 0].sum().item()
+        correct5 += hit.any(dim=1).sum().item()
+        n += len(y)
+    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n}
+
+
+def train(model: MethodNet, data: DataBundle, recipe: Recipe, seed: int, device: torch.device,
+          progress: bool = True, desc: str = "", check_every: int = 20,
+          divergence: float = 50.0) -> History:
+    """Train ``model`` in place with ``recipe``; raise RunFailed on a NaN or diverging loss."""
+    generator = torch.Generator().manual_seed(seed)
+    model.to(device)
+    optimizer = make_optimizer(model, recipe)
+    steps_per_epoch = math.ceil(len(data.train) / recipe.batch_size)
+    total = steps_per_epoch * recipe.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(recipe, step / steps_per_epoch))
+    history = History()
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="step",
+               dynamic_ncols=True)
+    first_loss: Optional[float] = None
+    try:
+        for epoch in range(recipe.epochs):
+            model.train()
+            history.lr.append(optimizer.param_groups[0]["lr"])
+            start = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = pending = 0
+            for x, y in data.train.batches(recipe.batch_size, train=True, generator=generator,
+                                           device=device):
+                out = model.training_loss(make_batch(x, y, recipe.cutmix, generator))
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                optimizer.step()
+                scheduler.step()
+                loss_sum += out.loss.detach() * len(y)
+                correct += (out.logits.detach().argmax(1) == y).sum()
+                seen += len(y)
+                pending += 1
+                if pending == check_every or seen == len(data.train):
+                    mean_loss = loss_sum.item() / seen
+                    first_loss = mean_loss if first_loss is None else first_loss
+                    if not math.isfinite(mean_loss):
+                        raise RunFailed(f"loss became {mean_loss} in epoch {epoch + 1}")
+                    if mean_loss > divergence * max(first_loss, 1.0):
+                        raise RunFailed(f"loss diverged to {mean_loss:.3g} in epoch {epoch + 1} "
+                                        f"(first {first_loss:.3g})")
+                    bar.update(pending)
+                    bar.set_postfix(epoch=f"{epoch + 1}/{recipe.epochs}", loss=f"{mean_loss:.3f}",
+                                    acc=f"{100.0 * correct.item() / seen:.1f}", refresh=False)
+                    pending = 0
+            history.images += seen
+            history.train_loss.append(loss_sum.item() / seen)
+            history.seconds += time.perf_counter() - start
+            history.train_top1.append(100.0 * correct.item() / seen)
+            history.test_top1.append(evaluate(model, data.test, recipe.eval_batch_size,
+                                              device)["top1"])
+    finally:
+        bar.close()
+    return history
