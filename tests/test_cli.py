@@ -1,0 +1,125 @@
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from bench.store import Store
+from bench.tasks.base import Metric, TaskResult
+
+TOY = ["--dataset", "toy-quadrants", "--backbone", "resnet8", "--epochs", "1", "--no-progress",
+       "--tasks", "accuracy"]
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_run_stores_results_and_resume_skips(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "run", "--methods", "gap-fc", "--out", str(tmp_path), *TOY)
+    assert code == 0
+    assert "gap-fc" in out and "top-1 (%)" in out
+    db = sqlite3.connect(tmp_path / "results.sqlite")
+    run = db.execute("SELECT status, seed, preset, git_commit, torch_version FROM runs").fetchall()
+    assert len(run) == 1 and run[0][0] == "complete"
+    ended_before = db.execute("SELECT ended FROM task_runs").fetchall()
+    curves = db.execute("SELECT name, COUNT(*) FROM curves GROUP BY name").fetchall()
+    assert dict(curves) == {"train_loss": 1, "train_top1": 1, "test_top1": 1, "lr": 1}
+    code, _, _ = run_cli(capsys, "run", "--methods", "gap_fc", "--out", str(tmp_path), *TOY)
+    assert code == 0
+    assert db.execute("SELECT ended FROM task_runs").fetchall() == ended_before  # not rerun
+    assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+
+
+def test_results_json_records(tmp_path, capsys):
+    run_cli(capsys, "run", "--methods", "gap-fc", "--out", str(tmp_path), *TOY)
+    code, out, _ = run_cli(capsys, "results", "--out", str(tmp_path), "--format", "json")
+    assert code == 0
+    records = json.loads(out)
+    top1 = [r for r in records if r["metric"] == "top1"]
+    assert len(top1) == 1
+    assert {"method", "dataset", "backbone", "seed", "task", "metric", "value", "unit"} <= set(top1[0])
+    assert top1[0]["unit"] == "%" and 0 <= top1[0]["value"] <= 100
+    code, out, _ = run_cli(capsys, "results", "--out", str(tmp_path), "--format", "csv")
+    assert out.splitlines()[0].startswith("method,dataset,backbone,seed,task,metric,value,unit")
+
+
+def test_list_shows_every_registry(capsys):
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0
+    for word in ("methods:", "gap-fc", "backbones:", "resnet50", "datasets:", "presets:", "smoke",
+                 "tasks:", "accuracy"):
+        assert word in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--methods", "nope"], "unknown method 'nope'; valid: gap-fc"),
+    (["run", "--methods", "gap-fc[r=3]"], "unknown option 'r' for method 'gap-fc'"),
+    (["run", "--methods", "gap-fc[r"], "malformed method 'gap-fc[r'"),
+    (["run", "--backbone", "resnet21"], "unknown backbone 'resnet21'; valid:"),
+    (["run", "--dataset", "mnist"], "unknown dataset 'mnist'; valid:"),
+    (["run", "--preset", "huge"], "unknown preset 'huge'; valid: smoke, quick"),
+    (["run", "--tasks", "speed"], "unknown task 'speed'; valid:"),
+    (["run", "--epochs", "0"], "expected a positive integer, got 0"),
+    (["run", "--seeds", "-1"], "expected a positive integer, got -1"),
+    (["run", "--device", "tpu"], "unknown --device 'tpu'"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
+    store = tmp_path / "results.sqlite"
+    Store(store).close()
+    before = store.read_bytes()
+    extra = ["--out", str(tmp_path)] if args[0] == "run" else []
+    if args[0] == "run" and "--dataset" not in args:
+        extra += ["--dataset", "toy-quadrants"]
+    code, out, err = run_cli(capsys, *args, *extra)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+    assert "Traceback" not in err
+    assert store.read_bytes() == before
+
+
+def test_unwritable_out(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_cli(capsys, "run", "--out", str(blocker / "sub"), *TOY)
+    assert code == 2 and "is not a writable directory" in err and err.count("\n") == 1
+
+
+def test_store_that_is_not_sqlite_is_untouched(tmp_path, capsys):
+    (tmp_path / "results.sqlite").write_bytes(b"precious data, not a database")
+    for args in (["run", "--out", str(tmp_path), *TOY], ["results", "--out", str(tmp_path)]):
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and "is not an SQLite results store" in err
+    assert (tmp_path / "results.sqlite").read_bytes() == b"precious data, not a database"
+    assert not (tmp_path / "results.sqlite-wal").exists()
+
+
+def test_missing_store_for_results(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "results", "--out", str(tmp_path / "none"))
+    assert code == 2 and "no results store" in err
+
+
+def test_failed_transaction_leaves_store_unchanged(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    run = store.start_run({"a": 1}, method="gap-fc", method_name="gap-fc", options={}, backbone="b",
+                          dataset="d", seed=0, preset="p", device="cpu", torch_version="t")
+    store.record_task(run, "accuracy", TaskResult([Metric("top1", 50.0, "%")]))
+    bad = TaskResult([Metric("top1", 60.0, "%"), Metric("broken", object(), "%")])
+    with pytest.raises(sqlite3.Error):
+        store.record_task(run, "accuracy", bad)
+    assert [(r["metric"], r["value"]) for r in store.records()] == [("top1", 50.0)]
+
+
+def test_module_entry_point(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", "--methods", "bogus"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: unknown method 'bogus'")
