@@ -15,8 +15,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from bench import distributed
 from bench.data.base import DataBundle, Split
-from bench.errors import RunFailed
+from bench.errors import BenchError, RunFailed
 from bench.methods.base import Batch, MethodNet
 from bench.presets import Recipe
 
@@ -95,19 +96,34 @@ def evaluate(model: nn.Module, split: Split, batch_size: int,
 
 def train(model: MethodNet, data: DataBundle, recipe: Recipe, seed: int, device: torch.device,
           progress: bool = True, desc: str = "", check_every: int = 20,
-          divergence: float = 50.0) -> History:
-    """Train ``model`` in place with ``recipe``; raise RunFailed on a NaN or diverging loss."""
+          divergence: float = 50.0, dist: Optional[distributed.Dist] = None) -> History:
+    """Train ``model`` in place with ``recipe``; raise RunFailed on a NaN or diverging loss.
+    Under torchrun (``dist``), each rank trains on its shard and gradients are averaged."""
+    rank, world = dist.shard if dist else (0, 1)
+    if recipe.batch_size % world:
+        raise BenchError(f"--batch-size {recipe.batch_size} must be divisible by the {world} processes")
     generator = torch.Generator().manual_seed(seed)
     model.to(device)
     optimizer = make_optimizer(model, recipe)
     steps_per_epoch = math.ceil(len(data.train) / recipe.batch_size)
-    total = steps_per_epoch * recipe.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(recipe, step / steps_per_epoch))
     history = History()
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(total=steps_per_epoch * recipe.epochs, desc=desc, disable=not progress or rank > 0,
+               leave=False, unit="step", dynamic_ncols=True)
     first_loss: Optional[float] = None
+
+    def check(loss_sum: torch.Tensor, seen: int, epoch: int) -> float:
+        nonlocal first_loss
+        mean_loss = loss_sum.item() / seen
+        first_loss = mean_loss if first_loss is None else first_loss
+        if not math.isfinite(mean_loss):
+            raise RunFailed(f"loss became {mean_loss} in epoch {epoch + 1}")
+        if mean_loss > divergence * max(first_loss, 1.0):
+            raise RunFailed(f"loss diverged to {mean_loss:.3g} in epoch {epoch + 1} "
+                            f"(first {first_loss:.3g})")
+        return mean_loss
+
     try:
         for epoch in range(recipe.epochs):
             model.train()
@@ -117,31 +133,32 @@ def train(model: MethodNet, data: DataBundle, recipe: Recipe, seed: int, device:
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = pending = 0
             for x, y in data.train.batches(recipe.batch_size, train=True, generator=generator,
-                                           device=device):
+                                           device=device, shard=(rank, world)):
                 out = model.training_loss(make_batch(x, y, recipe.cutmix, generator))
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
+                if dist:
+                    distributed.average_gradients(model, world)
                 optimizer.step()
                 scheduler.step()
                 loss_sum += out.loss.detach() * len(y)
                 correct += (out.logits.detach().argmax(1) == y).sum()
                 seen += len(y)
                 pending += 1
-                if pending == check_every or seen == len(data.train):
-                    mean_loss = loss_sum.item() / seen
-                    first_loss = mean_loss if first_loss is None else first_loss
-                    if not math.isfinite(mean_loss):
-                        raise RunFailed(f"loss became {mean_loss} in epoch {epoch + 1}")
-                    if mean_loss > divergence * max(first_loss, 1.0):
-                        raise RunFailed(f"loss diverged to {mean_loss:.3g} in epoch {epoch + 1} "
-                                        f"(first {first_loss:.3g})")
+                if pending == check_every:
+                    mean_loss = check(loss_sum, seen, epoch)
                     bar.update(pending)
                     bar.set_postfix(epoch=f"{epoch + 1}/{recipe.epochs}", loss=f"{mean_loss:.3f}",
                                     acc=f"{100.0 * correct.item() / seen:.1f}", refresh=False)
                     pending = 0
+            if dist:
+                loss_sum, correct = distributed.all_sum(loss_sum), distributed.all_sum(correct)
+                seen *= world
+            check(loss_sum, seen, epoch)
+            bar.update(pending)
+            history.seconds += time.perf_counter() - start
             history.images += seen
             history.train_loss.append(loss_sum.item() / seen)
-            history.seconds += time.perf_counter() - start
             history.train_top1.append(100.0 * correct.item() / seen)
             history.test_top1.append(evaluate(model, data.test, recipe.eval_batch_size,
                                               device)["top1"])

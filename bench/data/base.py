@@ -28,9 +28,13 @@ class Split(Protocol):
         ...
 
     def batches(self, batch_size: int, *, train: bool, generator: Optional[torch.Generator] = None,
-                device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                device: torch.device | str = "cpu",
+                shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images, labels) on ``device``; with ``train``, shuffled by ``generator`` and augmented.
-        Without ``train``, in index order and un-augmented (WSOL relies on that order)."""
+        Without ``train``, in index order and un-augmented (WSOL relies on that order).
+        ``shard=(rank, world)`` with ``train``: this rank's disjoint part of every global batch,
+        all ranks drawing the same order from identically seeded generators; a last partial
+        global batch is dropped so that every rank takes the same number of equal steps."""
         ...
 
 
@@ -90,18 +94,22 @@ class TensorSplit:
         return (x.float() / 255.0 - mean) / std
 
     def batches(self, batch_size: int, *, train: bool, generator: Optional[torch.Generator] = None,
-                device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                device: torch.device | str = "cpu",
+                shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images, labels = self.images.to(device), self.labels.to(device)
         n = len(labels)
-        order = torch.randperm(n, generator=generator).to(device) if train else None
-        for start in range(0, n, batch_size):
-            if order is None:
-                x, y = images[start:start + batch_size], labels[start:start + batch_size]
-            else:
-                idx = order[start:start + batch_size]
-                x, y = images[idx], labels[idx]
-                x = self.augment(x, generator)
-            yield self.normalize(x), y
+        if not train:
+            for start in range(0, n, batch_size):
+                yield self.normalize(images[start:start + batch_size]), labels[start:start + batch_size]
+            return
+        rank, world = shard
+        order = torch.randperm(n, generator=generator).to(device)
+        stop = n if world == 1 else n - n % batch_size
+        for start in range(0, stop, batch_size):
+            idx = order[start:start + batch_size]
+            # Augment the whole global batch, so every rank consumes the generator alike.
+            x = self.augment(images[idx], generator)[rank::world]
+            yield self.normalize(x), labels[idx][rank::world]
 
 
 @dataclass
