@@ -1,0 +1,52 @@
+"""SimAM (Yang et al., ICML 2021): a parameter-free, energy-based gate on every neuron.
+
+Per sample and channel: mu = spatial mean of x, d = (x - mu)^2, v = sum(d) / (H*W - 1),
+e = d / (4 * (v + lambda)) + 0.5, output x * sigmoid(e). lambda = 1e-4 is the authors' CIFAR
+setting (their ImageNet runs used 0.1): option ``lambda``.
+
+Placement as in the authors' code (ZjjConan/SimAM, networks/cifar/block.py and
+networks/imagenet/resnet.py): right after the block's 3x3 conv, before that conv's BN, i.e. after
+conv2 in basic blocks, after the 3x3 conv2 in bottlenecks, after conv2 in pre-activation WRN
+blocks: the backbone's ``conv_attn`` hook, which already sits there. Head: GAP-FC, map = CAM.
+
+Choice: on a 1 x 1 map the reference divides 0 by 0 (H*W - 1 = 0) and returns NaN; here the divisor
+is max(H*W - 1, 1), so v = 0 and the gate is sigmoid(0.5) (this only arises for tiny inputs, e.g.
+32 x 32 images in an ImageNet ResNet's last stage). Zero parameters, but several passes over
+each feature map at run time.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.errors import BenchError
+from bench.methods.base import BackboneFactory, MethodNet
+from bench.registry import METHODS
+
+
+class SimAM(nn.Module):
+    """x * sigmoid(energy), the energy from each neuron's squared distance to its channel mean."""
+
+    def __init__(self, e_lambda: float = 1e-4) -> None:
+        super().__init__()
+        self.e_lambda = e_lambda
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = max(x.shape[2] * x.shape[3] - 1, 1)
+        d = (x - x.mean(dim=(2, 3), keepdim=True)).pow(2)
+        v = d.sum(dim=(2, 3), keepdim=True) / n
+        return x * torch.sigmoid(d / (4 * (v + self.e_lambda)) + 0.5)
+
+    def extra_repr(self) -> str:
+        return f"lambda={self.e_lambda}"
+
+
+@METHODS.register("simam", "parameter-free energy attention after each block's 3x3 conv "
+                  "(Yang et al. 2021); map = CAM", **{"lambda": 1e-4})
+def build(make_backbone: BackboneFactory, num_classes: int, **options: Any) -> MethodNet:
+    e_lambda = options["lambda"]  # ``lambda`` is a Python keyword, hence **options
+    if not e_lambda > 0:
+        raise BenchError(f"method 'simam': option lambda must be > 0, got {e_lambda}")
+    return MethodNet(make_backbone(conv_attn=lambda channels: SimAM(e_lambda)), num_classes)
