@@ -5,6 +5,7 @@ Bad input (a BenchError, or an argparse error) prints one line ``error: ...`` an
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -65,6 +66,9 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", nargs="+", default=None, help="tasks to run (default: all)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, default=Path("reports"), help="store and reports directory")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="parallel processes for independent (method, seed) runs")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs that failed before")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
@@ -93,9 +97,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = SuiteConfig(methods=methods, backbone=backbone, dataset=dataset, recipe=recipe,
                       preset=preset.name, tasks=tasks, out_dir=out, device=resolve_device(args.device),
                       data_root=args.data_root, download=args.download,
-                      retry_failed=args.retry_failed, progress=not args.no_progress)
+                      retry_failed=args.retry_failed, progress=not args.no_progress,
+                      jobs=args.jobs, threads=args.threads)
     Store(out / STORE_NAME).close()  # refuse a non-SQLite store before any work
     outcomes = run_suite(cfg)
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 reports
+        return 0
     for o in outcomes:
         if o.status == "failed":
             print(f"FAILED {o.method} seed {o.seed}: {o.reason}", file=sys.stderr)

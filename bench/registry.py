@@ -28,6 +28,7 @@ class Entry:
     description: str
     defaults: dict[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
+    order: int = 1000  # position in listings (ties keep registration order)
 
 
 class Registry:
@@ -39,20 +40,22 @@ class Registry:
         self._aliases: dict[str, str] = {}
 
     def register(self, name: str, description: str, aliases: tuple[str, ...] = (),
-                 **defaults: Any) -> Callable[[Any], Any]:
-        """Decorator registering ``obj`` under ``name``; keyword arguments declare its options."""
+                 order: int = 1000, **defaults: Any) -> Callable[[Any], Any]:
+        """Decorator registering ``obj`` under ``name``; keyword arguments declare its options;
+        ``order`` places it in listings (and in the default suite)."""
         def wrap(obj: Any) -> Any:
-            self.add(name, obj, description, aliases=aliases, **defaults)
+            self.add(name, obj, description, aliases=aliases, order=order, **defaults)
             return obj
         return wrap
 
     def add(self, name: str, obj: Any, description: str, aliases: tuple[str, ...] = (),
-            **defaults: Any) -> Entry:
+            order: int = 1000, **defaults: Any) -> Entry:
         key = normalize_name(name)
         if key in self._entries:
             raise ValueError(f"{self.kind} {key!r} is registered twice")
-        entry = Entry(key, obj, description, dict(defaults), tuple(aliases))
+        entry = Entry(key, obj, description, dict(defaults), tuple(aliases), order)
         self._entries[key] = entry
+        self._entries = dict(sorted(self._entries.items(), key=lambda item: item[1].order))
         for alias in aliases:
             self._aliases[normalize_name(alias)] = key
         return entry

@@ -59,7 +59,7 @@ def test_list_shows_every_registry(capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "--methods", "nope"], "unknown method 'nope'; valid: gap-fc"),
+    (["run", "--methods", "nope"], "unknown method 'nope'; valid: gap-fc, "),
     (["run", "--methods", "gap-fc[r=3]"], "unknown option 'r' for method 'gap-fc'"),
     (["run", "--methods", "gap-fc[r"], "malformed method 'gap-fc[r'"),
     (["run", "--backbone", "resnet21"], "unknown backbone 'resnet21'; valid:"),

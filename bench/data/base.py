@@ -34,7 +34,8 @@ class Split(Protocol):
         Without ``train``, in index order and un-augmented (WSOL relies on that order).
         ``shard=(rank, world)`` with ``train``: this rank's disjoint part of every global batch,
         all ranks drawing the same order from identically seeded generators; a last partial
-        global batch is dropped so that every rank takes the same number of equal steps."""
+        global batch is dropped so that every rank takes the same number of equal steps (and a
+        final batch of one image is always dropped: BatchNorm cannot train on one sample)."""
         ...
 
 
@@ -104,7 +105,9 @@ class TensorSplit:
             return
         rank, world = shard
         order = torch.randperm(n, generator=generator).to(device)
-        stop = n if world == 1 else n - n % batch_size
+        # Under torchrun the last partial global batch is dropped; alone, only a 1-image batch
+        # (BatchNorm cannot train on a single sample).
+        stop = n - n % batch_size if world > 1 or n % batch_size == 1 else n
         for start in range(0, stop, batch_size):
             idx = order[start:start + batch_size]
             # Augment the whole global batch, so every rank consumes the generator alike.

@@ -89,7 +89,7 @@ class Bam(nn.Module):
 
 
 @METHODS.register("bam", "bottleneck attention (channel + dilated spatial) at each stage boundary "
-                  "(Park et al. 2018); map = CAM", r=16, dilation=4, combine="sum")
+                  "(Park et al. 2018); map = CAM", r=16, dilation=4, combine="sum", order=90)
 def build(make_backbone: BackboneFactory, num_classes: int, r: int, dilation: int,
           combine: str) -> MethodNet:
     check_reduction("bam", r)

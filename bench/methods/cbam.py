@@ -76,7 +76,7 @@ class Cbam(nn.Module):
 
 
 @METHODS.register("cbam", "channel + spatial attention in every residual block (Woo et al. 2018); "
-                  "map = CAM", r=16, kernel=7)
+                  "map = CAM", r=16, kernel=7, order=40)
 def build(make_backbone: BackboneFactory, num_classes: int, r: int, kernel: int) -> MethodNet:
     check_reduction("cbam", r)
     if kernel < 1 or kernel % 2 == 0:

@@ -50,7 +50,7 @@ class Eca(nn.Module):
 
 
 @METHODS.register("eca", "efficient channel attention (1D conv across channels) in every residual "
-                  "block (Wang et al. 2020); map = CAM", k=0, gamma=2, b=1)
+                  "block (Wang et al. 2020); map = CAM", k=0, gamma=2, b=1, order=80)
 def build(make_backbone: BackboneFactory, num_classes: int, k: int, gamma: int, b: int) -> MethodNet:
     if k < 0 or (k > 0 and k % 2 == 0):
         raise BenchError(f"method 'eca': option k must be 0 (adaptive) or an odd kernel size, got {k}")

@@ -6,6 +6,6 @@ from bench.registry import METHODS
 
 
 @METHODS.register("gap-fc", "baseline: global average pooling + linear layer; map = CAM",
-                  aliases=("gapfc", "baseline"))
+                  aliases=("gapfc", "baseline"), order=0)
 def build(make_backbone: BackboneFactory, num_classes: int) -> MethodNet:
     return MethodNet(make_backbone(), num_classes)

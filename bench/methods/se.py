@@ -58,7 +58,7 @@ class SqueezeExcite(nn.Module):
 
 
 @METHODS.register("se", "squeeze-and-excitation gate in every residual block (Hu et al. 2018); map = CAM",
-                  r=16)
+                  r=16, order=30)
 def build(make_backbone: BackboneFactory, num_classes: int, r: int) -> MethodNet:
     check_reduction("se", r)
     return MethodNet(make_backbone(block_attn=partial(SqueezeExcite, reduction=r)), num_classes)

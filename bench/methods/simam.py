@@ -44,7 +44,7 @@ class SimAM(nn.Module):
 
 
 @METHODS.register("simam", "parameter-free energy attention after each block's 3x3 conv "
-                  "(Yang et al. 2021); map = CAM", **{"lambda": 1e-4})
+                  "(Yang et al. 2021); map = CAM", **{"lambda": 1e-4}, order=50)
 def build(make_backbone: BackboneFactory, num_classes: int, **options: Any) -> MethodNet:
     e_lambda = options["lambda"]  # ``lambda`` is a Python keyword, hence **options
     if not e_lambda > 0:
