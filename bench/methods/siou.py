@@ -150,6 +150,6 @@ class SIoUNet(MethodNet):
 @METHODS.register("siou", "training-only: soft-IoU separation of true vs. most confusing class "
                   "gradient attention + inner/last consistency (Sharpen Focus); deploys the baseline",
                   aliases=("sharpen-focus",), attention="px", inner=True, last=True, ac=True,
-                  omega=100.0, sigma=0.55, alpha=1.0, detach_mask=False)
+                  omega=100.0, sigma=0.55, alpha=1.0, detach_mask=False, order=70)
 def build(make_backbone: BackboneFactory, num_classes: int, **options) -> MethodNet:
     return SIoUNet(make_backbone(), num_classes, **options)

@@ -147,6 +147,6 @@ class SSIANet(MethodNet):
 @METHODS.register("ssia", "training-only: lower stages predict the next stage's spatial/channel "
                   "statistics (SSIA blocks); deploys the baseline",
                   lambda_s=1.0, lambda_c=3.0, eta=0.5, weight=0.2, block_weights=(1.0, 2.0, 3.0),
-                  spatial=True, channel=True, hidden=64, grid=(16, 8, 4))
+                  spatial=True, channel=True, hidden=64, grid=(16, 8, 4), order=60)
 def build(make_backbone: BackboneFactory, num_classes: int, **options) -> MethodNet:
     return SSIANet(make_backbone(), num_classes, **options)
