@@ -29,6 +29,7 @@ class Metric:
 class TaskResult:
     metrics: list[Metric] = field(default_factory=list)
     curves: dict[str, list[float]] = field(default_factory=dict)  # name -> value per epoch
+    artifacts: dict[str, str] = field(default_factory=dict)  # name -> path of a file written (figures)
 
 
 @dataclass
