@@ -66,6 +66,10 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", nargs="+", default=None, help="tasks to run (default: all)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, default=Path("reports"), help="store and reports directory")
+    p.add_argument("--save-scoremaps", type=Path, default=None, metavar="DIR",
+                   help="wsol: also write each run's test score maps and metadata under DIR")
+    p.add_argument("--cam-curve-interval", type=float, default=None,
+                   help="wsol: threshold step of the tau sweep (default 0.01)")
     p.add_argument("--jobs", type=positive_int, default=1,
                    help="parallel processes for independent (method, seed) runs")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
@@ -94,11 +98,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     dataset = parse_spec(DATASETS, args.dataset or recipe.dataset)
     backbone = parse_spec(BACKBONES, args.backbone or recipe.backbone)
     out = writable_dir(args.out)
+    wsol_options = {k: v for k, v in (("save_scoremaps", args.save_scoremaps),
+                                      ("cam_curve_interval", args.cam_curve_interval)) if v is not None}
     cfg = SuiteConfig(methods=methods, backbone=backbone, dataset=dataset, recipe=recipe,
                       preset=preset.name, tasks=tasks, out_dir=out, device=resolve_device(args.device),
                       data_root=args.data_root, download=args.download,
                       retry_failed=args.retry_failed, progress=not args.no_progress,
-                      jobs=args.jobs, threads=args.threads)
+                      jobs=args.jobs, threads=args.threads, task_options={"wsol": wsol_options})
     Store(out / STORE_NAME).close()  # refuse a non-SQLite store before any work
     outcomes = run_suite(cfg)
     if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 reports
@@ -141,6 +147,34 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_wsol(args: argparse.Namespace) -> int:
+    import json
+
+    from bench.tasks.wsol import evaluate_wsol
+
+    if not 0 < args.cam_curve_interval < 1:
+        raise BenchError(f"--cam-curve-interval must lie in (0, 1), got {args.cam_curve_interval}")
+    if any(not 0 < t <= 100 for t in args.iou_thresholds):
+        raise BenchError(f"--iou-thresholds are percentages in (0, 100], got {args.iou_thresholds}")
+    result = evaluate_wsol(args.metadata, args.scoremaps, args.cam_curve_interval,
+                           multi_contour=not args.largest_contour,
+                           iou_thresholds=tuple(args.iou_thresholds))
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    rule = "largest contour" if args.largest_contour else "all contours"
+    for t in args.iou_thresholds:
+        print(f"MaxBoxAcc@{t} ({rule}): {result['maxboxacc'][str(t)]:.2f} %  "
+              f"(best tau {result['best_tau'][str(t)]:.3f})")
+    if "maxboxacc_v2" in result:
+        print(f"MaxBoxAccV2: {result['maxboxacc_v2']:.2f} %")
+    if "maxboxacc_v1" in result:
+        print(f"MaxBoxAcc (V1, largest contour, IoU 50): {result['maxboxacc_v1']:.2f} %")
+    if "pxap" in result:
+        print(f"PxAP: {result['pxap']:.2f} %")
+    return 0
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="bench", description="Compare attention mechanisms for CNN classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -150,6 +184,15 @@ def build_parser() -> Parser:
     p.add_argument("--out", type=Path, default=Path("reports"))
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.set_defaults(func=cmd_results)
+    p = sub.add_parser("evaluate-wsol", help="evaluate any tool's score maps (MaxBoxAccV2, PxAP)")
+    p.add_argument("--metadata", type=Path, required=True,
+                   help="folder with image_ids.txt, class_labels.txt, image_sizes.txt, localization.txt")
+    p.add_argument("--scoremaps", type=Path, required=True, help="folder of <image_id>.npy maps in [0, 1]")
+    p.add_argument("--cam-curve-interval", type=float, default=0.01)
+    p.add_argument("--largest-contour", action="store_true", help="V1 box rule: largest contour only")
+    p.add_argument("--iou-thresholds", type=int, nargs="+", default=[30, 50, 70])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate_wsol)
     return parser
 
 

@@ -33,7 +33,8 @@ def split(images: np.ndarray, labels, boxes=None, masks=None, prefix="test") -> 
 def context(data: DataBundle, model: nn.Module, out_dir: Path, **options) -> RunContext:
     load_all()
     return RunContext(parse_spec(METHODS, "gap-fc"), parse_spec(BACKBONES, "resnet8"), data,
-                      Recipe(eval_batch_size=4), 0, torch.device("cpu"), out_dir, 7, model, options)
+                      Recipe(eval_batch_size=4), 0, torch.device("cpu"), out_dir, 7, model,
+                      options=options)
 
 
 def random_boxes_split(rng, n, k, size, prefix, with_masks=True):
@@ -89,7 +90,7 @@ def test_untrained_gallery_written(untrained_run):
 def test_saved_score_maps_reproduce_the_task(untrained_run):
     data, model, out, result = untrained_run
     metrics = {m.name: m.value for m in result.metrics}
-    maps = out / "maps"
+    maps = out / "maps" / "gap-fc-run7-seed0"  # one folder per run
     assert sorted(p.name for p in (maps / "test").iterdir()) == [f"{i:03d}.png.npy" for i in range(20)]
     with torch.no_grad():
         x = next(data.test.batches(20, train=False))[0]

@@ -29,4 +29,5 @@ class AccuracyTask(Task):
         return TaskResult(metrics, curves)
 
 
-TASKS.add("accuracy", AccuracyTask(), "top-1/top-5 accuracy (%) on the test split, training curves")
+TASKS.add("accuracy", AccuracyTask(), "top-1/top-5 accuracy (%) on the test split, training curves",
+          order=0)

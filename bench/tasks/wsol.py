@@ -19,9 +19,10 @@ The task, for a trained model:
 - a gallery figure of 8 fixed test images (the first image of each of the first 8 classes, filled up
   in index order when there are fewer classes): input, ground-truth boxes (green), predicted boxes
   at the holdout tau (red) and the map overlaid; its path is in ``TaskResult.artifacts["gallery"]``;
-- option ``save_scoremaps=DIR``: the test maps are saved as ``DIR/<image_id>.npy`` (float64, image
-  size) with a metadata folder ``DIR/metadata`` (boxes, and masks as PNGs under ``DIR/metadata/masks``)
-  so that ``evaluate_wsol(DIR/metadata, DIR)`` reproduces the task's numbers.
+- option ``save_scoremaps=DIR``: the test maps are saved as ``RUN/<image_id>.npy`` (float64, image
+  size), RUN = ``DIR/<method>-run<id>-seed<seed>``, with a metadata folder ``RUN/metadata`` (boxes,
+  and masks as PNGs under ``RUN/metadata/masks``) so that ``evaluate_wsol(RUN/metadata, RUN)``
+  reproduces the task's numbers.
 A dataset without boxes or masks gives no metrics (a logged warning, no failure).
 """
 from __future__ import annotations
@@ -261,6 +262,8 @@ class WsolTask(Task):
         tau, tau_source = _holdout_tau(ctx, rule, thresholds, batch_size)
         tau_grid = np.array([tau])
         evaluator = WsolEvaluator(interval, True, V2_IOU_THRESHOLDS)
+        if save_dir is not None:  # one folder per run, so runs sharing DIR never overwrite
+            save_dir = save_dir / f"{ctx.method.name}-run{ctx.run_id}-seed{ctx.seed}"
         writer = _ScoremapWriter(save_dir, test) if save_dir is not None else None
         chosen = set(gallery_indices(test.labels.tolist()))
         box_ok, labels, ranked, shown = [], [], [], []
@@ -324,6 +327,6 @@ class WsolTask(Task):
 TASKS.add("wsol", WsolTask(),
           "weakly-supervised localization: GT-known/Top-1/Top-5 Loc (tau from the holdout), "
           "MaxBoxAccV2, MaxBoxAcc, PxAP; a gallery figure",
-          cam_curve_interval=0.01, classic_box_rule=CLASSIC_BOX_RULE, save_scoremaps=None)
+          cam_curve_interval=0.01, classic_box_rule=CLASSIC_BOX_RULE, save_scoremaps=None, order=10)
 
 __all__ = ["WsolTask", "evaluate_wsol", "load_scoremap"]
