@@ -125,7 +125,7 @@ class AbnNet(MethodNet):
 
 @METHODS.register("abn", "attention branch network: a stride-1 copy of the last stage yields a "
                   "class-aware map M; perception on (1+M)*features; map = class map or M",
-                  map="class")
+                  map="class", order=20)
 def build(make_backbone: BackboneFactory, num_classes: int, map: str = "class") -> MethodNet:
     kind = str(map).strip().lower()
     if kind not in ("class", "m"):

@@ -267,7 +267,7 @@ def _parse_separable(separable: str, count: int) -> bool:
 @METHODS.register("saol", "spatially attentive output layer (attention-weighted spatial logits) "
                   "with CutMix self-supervision and self-distillation; map = A * Y_c",
                   stages=(), out_size=0, separable="auto", ss1=True, ss2=True, sd=True,
-                  sd_detach=True, beta=0.5, head="saol")
+                  sd_detach=True, beta=0.5, head="saol", order=10)
 def build(make_backbone: BackboneFactory, num_classes: int, stages: tuple = (), out_size: int = 0,
           separable: str = "auto", ss1: bool = True, ss2: bool = True, sd: bool = True,
           sd_detach: bool = True, beta: float = 0.5, head: str = "saol") -> MethodNet:
