@@ -63,6 +63,9 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nesterov", action="store_true", default=None)
     p.add_argument("--cutmix", type=float, default=None, metavar="PROB",
                    help="probability of a CutMix batch, for every method (beta 1.0)")
+    p.add_argument("--amp", default=None, help="mixed precision in training: none, bf16 or fp16")
+    p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the backbone")
     p.add_argument("--tasks", nargs="+", default=None, help="tasks to run (default: all)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, default=Path("reports"), help="store and reports directory")
@@ -92,7 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     recipe = preset.obj.replace(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                 weight_decay=args.weight_decay, schedule=args.schedule,
                                 warmup_epochs=args.warmup_epochs, nesterov=args.nesterov,
-                                cutmix=args.cutmix, seeds=args.seeds)
+                                cutmix=args.cutmix, seeds=args.seeds, amp=args.amp,
+                                channels_last=args.channels_last, compile=args.compile)
     methods = resolve_names(METHODS, args.methods) or [parse_spec(METHODS, n) for n in METHODS.names()]
     tasks = [TASKS.get(t).name for item in (args.tasks or []) for t in split_specs(item)] or TASKS.names()
     dataset = parse_spec(DATASETS, args.dataset or recipe.dataset)

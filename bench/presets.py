@@ -29,6 +29,10 @@ class Recipe:
     cutmix: float = 0.0  # probability of a CutMix batch (beta(1, 1) area), for every method
     seeds: int = 1
     eval_batch_size: int = 512
+    # Execution settings that change numerics or speed (recorded with the run, part of its hash):
+    amp: str = "none"  # none | bf16 | fp16 autocast in training (fp16 with a gradient scaler)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the backbone (in place; state-dict keys unchanged)
 
     def replace(self, **changes: Any) -> "Recipe":
         """A copy with ``changes`` applied (``None`` values ignored), validated."""
@@ -47,6 +51,8 @@ class Recipe:
             raise BenchError(f"--schedule must be cosine or step, got {self.schedule!r}")
         if not 0.0 <= self.cutmix <= 1.0:
             raise BenchError(f"--cutmix is a probability in [0, 1], got {self.cutmix}")
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise BenchError(f"--amp must be none, bf16 or fp16, got {self.amp!r}")
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
             raise BenchError(f"--warmup-epochs must be in [0, epochs), got {self.warmup_epochs}")
 

@@ -70,6 +70,24 @@ def make_batch(x: torch.Tensor, y: torch.Tensor, prob: float,
     return Batch(mixed, y, y_a=y[perm], lam=lam, mask=mask.expand(b, 1, h, w), x_a=x_a)
 
 
+def autocast(recipe: Recipe, device: torch.device):
+    """The recipe's mixed-precision context for the training forward pass (a no-op for none)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.amp)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def prepare_model(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
+    """Move to ``device`` and apply the recipe's channels_last and torch.compile settings."""
+    model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if recipe.compile:
+        model.backbone.compile()
+    return model
+
+
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.SGD:
     return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                            nesterov=recipe.nesterov and recipe.momentum > 0,
@@ -103,8 +121,9 @@ def train(model: MethodNet, data: DataBundle, recipe: Recipe, seed: int, device:
     if recipe.batch_size % world:
         raise BenchError(f"--batch-size {recipe.batch_size} must be divisible by the {world} processes")
     generator = torch.Generator().manual_seed(seed)
-    model.to(device)
+    prepare_model(model, recipe, device)
     optimizer = make_optimizer(model, recipe)
+    scaler = torch.amp.GradScaler(device.type, enabled=recipe.amp == "fp16")
     steps_per_epoch = math.ceil(len(data.train) / recipe.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(recipe, step / steps_per_epoch))
@@ -134,12 +153,16 @@ def train(model: MethodNet, data: DataBundle, recipe: Recipe, seed: int, device:
             seen = pending = 0
             for x, y in data.train.batches(recipe.batch_size, train=True, generator=generator,
                                            device=device, shard=(rank, world)):
-                out = model.training_loss(make_batch(x, y, recipe.cutmix, generator))
+                if recipe.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(recipe, device):
+                    out = model.training_loss(make_batch(x, y, recipe.cutmix, generator))
                 optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
+                scaler.scale(out.loss).backward()
                 if dist:
                     distributed.average_gradients(model, world)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
                 loss_sum += out.loss.detach() * len(y)
                 correct += (out.logits.detach().argmax(1) == y).sum()

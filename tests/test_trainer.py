@@ -91,3 +91,14 @@ def test_nan_loss_fails_the_run():
     with pytest.raises(RunFailed, match="loss became nan"):
         train(model, _toy(), Recipe(epochs=1, batch_size=32, lr=math.inf), 0,
               torch.device("cpu"), progress=False, check_every=1)
+
+
+@pytest.mark.parametrize("changes", [{"amp": "bf16"}, {"channels_last": True}])
+def test_execution_settings_train(changes):
+    torch.manual_seed(0)
+    model = bench.build_model("cbam", "resnet8", 4, in_channels=1)
+    history = train(model, _toy(), Recipe(epochs=1, batch_size=32, lr=0.05, **changes), 0,
+                    torch.device("cpu"), progress=False)
+    assert math.isfinite(history.train_loss[0])
+    if changes.get("channels_last"):
+        assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,49 @@
+"""Every registered method trains on the smoke preset of the default dataset, beats chance, and
+has its accuracy and WSOL metrics in the store (one suite run, shared by the tests here)."""
+import json
+
+import pytest
+
+from bench.cli import main
+from bench.registry import METHODS
+
+CHANCE = 10.0  # digits-clutter has 10 classes
+
+
+@pytest.fixture(scope="module")
+def smoke_records(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    code = main(["run", "--preset", "smoke", "--tasks", "accuracy", "wsol", "--out", str(out),
+                 "--no-progress"])
+    assert code == 0
+    from bench.store import Store
+
+    store = Store(out / "results.sqlite", create=False)
+    records = store.records()
+    runs = store.runs()
+    store.close()
+    return out, records, runs
+
+
+def test_every_method_ran(smoke_records):
+    _, _, runs = smoke_records
+    assert sorted(r["method"] for r in runs) == sorted(METHODS.names())
+    assert all(r["status"] == "complete" for r in runs)
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_method_learns_and_localizes(smoke_records, method):
+    _, records, _ = smoke_records
+    mine = {r["metric"]: r for r in records if r["method"] == method}
+    assert mine["top1"]["value"] > 2 * CHANCE, f"{method}: top-1 {mine['top1']['value']:.1f} %"
+    for metric in ("gt_known_loc", "top1_loc", "top5_loc", "maxboxacc_v2", "maxboxacc_30",
+                   "maxboxacc_50", "maxboxacc_70", "maxboxacc_v1", "pxap"):
+        assert mine[metric]["unit"] == "%" and 0 <= mine[metric]["value"] <= 100
+
+
+def test_results_command_lists_every_method_and_task(smoke_records, capsys):
+    out, _, _ = smoke_records
+    assert main(["results", "--out", str(out), "--format", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {(r["method"], r["task"]) for r in listed} == {
+        (m, t) for m in METHODS.names() for t in ("accuracy", "wsol")}
