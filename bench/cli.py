@@ -179,6 +179,40 @@ def cmd_evaluate_wsol(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    import json
+
+    from tabulate import tabulate
+
+    from bench.profiling import profile_methods
+    from bench.suite import resolve_device
+
+    methods = [str(m) for m in resolve_names(METHODS, args.methods)] or METHODS.names()
+    backbone = str(parse_spec(BACKBONES, args.backbone))
+    device = resolve_device(args.device)
+    amp = {"bf16": "bfloat16", "fp16": "float16", None: None}.get(args.amp, args.amp)
+    rows = profile_methods(methods, backbone, args.input_size, args.num_classes, args.in_channels,
+                           args.batch_size, str(device), args.train_step, args.threads,
+                           channels_last=args.channels_last, amp_dtype=amp,
+                           compile_mode="default" if args.compile else None)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    columns = [("method", "method"), ("params", "params"), ("params_added", "params added"),
+               ("gmacs", "GMACs (fvcore)"), ("gmacs_all", "GMACs (all ops)"),
+               ("gmacs_train", "GMACs (train)"), ("memory_access_mb", "memory access (MB)"),
+               ("saved_activations_mb", "saved activations (MB)"),
+               ("latency_ms", "latency b=1 (ms)"), ("train_step_ratio", "train step (x gap-fc)")]
+    table = [[row.get(key, "") for key, _ in columns] for row in rows]
+    print(tabulate(table, headers=[h for _, h in columns], tablefmt="github", floatfmt=".4g",
+                   intfmt=","))
+    first = rows[0]
+    print(f"\n{backbone}, {args.input_size}x{args.input_size}, {args.num_classes} classes; "
+          f"device {first.get('device')}, threads {first.get('threads')}, batch {args.batch_size}, "
+          f"dtype {first.get('dtype', 'float32')}")
+    return 0
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="bench", description="Compare attention mechanisms for CNN classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -188,6 +222,23 @@ def build_parser() -> Parser:
     p.add_argument("--out", type=Path, default=Path("reports"))
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.set_defaults(func=cmd_results)
+    p = sub.add_parser("profile", help="parameters, GMACs, memory traffic, latency of methods")
+    p.add_argument("--methods", nargs="+", default=None, metavar="SPEC", help="default: all")
+    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--input-size", type=positive_int, default=224)
+    p.add_argument("--num-classes", type=positive_int, default=1000)
+    p.add_argument("--in-channels", type=positive_int, default=3)
+    p.add_argument("--batch-size", type=positive_int, default=8,
+                   help="batch of the memory figures and the second latency (the first is batch 1)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--train-step", action="store_true",
+                   help="also time the training step, interleaved with gap-fc")
+    p.add_argument("--channels-last", action="store_true", help="CUDA only")
+    p.add_argument("--amp", default=None, help="CUDA only: bf16 or fp16")
+    p.add_argument("--compile", action="store_true", help="CUDA only: torch.compile")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_profile)
     p = sub.add_parser("evaluate-wsol", help="evaluate any tool's score maps (MaxBoxAccV2, PxAP)")
     p.add_argument("--metadata", type=Path, required=True,
                    help="folder with image_ids.txt, class_labels.txt, image_sizes.txt, localization.txt")

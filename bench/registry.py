@@ -115,8 +115,9 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def _coerce(kind: str, name: str, key: str, text: str, default: Any) -> Any:
-    """Convert option text to the type of its default; lists are written ``a+b+c``."""
+def coerce_option(kind: str, name: str, key: str, text: str, default: Any) -> Any:
+    """Convert option text to the type of its default (a BenchError if it does not parse);
+    lists are written ``a+b+c``."""
     text = text.strip()
     where = f"option {key}={text!r} of {kind} {name!r}"
     if isinstance(default, bool):
@@ -141,7 +142,7 @@ def _coerce(kind: str, name: str, key: str, text: str, default: Any) -> Any:
         if not parts:
             raise BenchError(f"{where}: expected a list written a+b+c")
         elem = default[0] if default else ""
-        return tuple(_coerce(kind, name, key, p, elem) for p in parts)
+        return tuple(coerce_option(kind, name, key, p, elem) for p in parts)
     if default is None:
         return None if text.lower() in ("none", "") else text
     return text
@@ -166,7 +167,7 @@ def parse_spec(registry: Registry, text: str) -> Spec:
                 valid = ", ".join(entry.defaults) or "none"
                 raise BenchError(f"unknown option {key!r} for {registry.kind} {entry.name!r}; "
                                  f"valid: {valid}")
-            value = _coerce(registry.kind, entry.name, key, raw, entry.defaults[key])
+            value = coerce_option(registry.kind, entry.name, key, raw, entry.defaults[key])
             values[key] = value
             if value != entry.defaults[key]:
                 overrides[key] = value

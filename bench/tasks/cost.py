@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.errors import BenchError
 from bench.profiling import FIGURES, figure_settings, profile_methods
-from bench.registry import TASKS, _coerce
+from bench.registry import TASKS, coerce_option
 from bench.tasks.base import Metric, RunContext, Task, TaskResult
 
 OPTIONS: dict[str, Any] = {"batch_size": 8, "train_step": True, "threads": 0, "pairs": 5,
@@ -34,7 +34,7 @@ def task_options(given: dict[str, Any]) -> dict[str, Any]:
         if key not in OPTIONS:
             raise BenchError(f"unknown option {key!r} for task 'cost'; valid: {', '.join(OPTIONS)}")
         if isinstance(value, str):
-            value = _coerce("task", "cost", key, value, OPTIONS[key])
+            value = coerce_option("task", "cost", key, value, OPTIONS[key])
         options[key] = value
     return options
 
@@ -59,4 +59,4 @@ class CostTask(Task):
 
 
 TASKS.add("cost", CostTask(), "parameters, GMACs, memory traffic, activation memory, latency and "
-          "training-step time (vs the baseline), each with its unit and settings")
+          "training-step time (vs the baseline), each with its unit and settings", order=20)

@@ -1,0 +1,49 @@
+"""Parallel execution: ``--jobs 2`` (independent runs in two processes, one store) and torchrun
+data parallelism over two gloo processes on the CPU."""
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ["--preset", "smoke", "--epochs", "1", "--tasks", "accuracy", "--no-progress"]
+
+
+def counts(out: Path) -> tuple[int, list]:
+    db = sqlite3.connect(out / "results.sqlite")
+    runs = db.execute("SELECT COUNT(*) FROM runs WHERE status = 'complete'").fetchone()[0]
+    dup = db.execute("SELECT run_id, task, name, COUNT(*) FROM metrics GROUP BY run_id, task, name "
+                     "HAVING COUNT(*) > 1").fetchall()
+    db.close()
+    return runs, dup
+
+
+def test_jobs_store_every_result_exactly_once(tmp_path, capsys):
+    args = ["run", "--methods", "gap-fc", "simam", "--seeds", "2", "--jobs", "2", "--out", str(tmp_path),
+            *SMOKE]
+    assert main(args) == 0
+    runs, duplicates = counts(tmp_path)
+    assert runs == 4 and duplicates == []
+    db = sqlite3.connect(tmp_path / "results.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM metrics WHERE name = 'top1'").fetchone()[0] == 4
+    ended = db.execute("SELECT ended FROM task_runs ORDER BY run_id").fetchall()
+    assert main(args) == 0  # resumable: everything is skipped
+    assert db.execute("SELECT ended FROM task_runs ORDER BY run_id").fetchall() == ended
+
+
+def test_torchrun_two_processes(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "bench", "run", "--methods", "gap-fc", "--out", str(tmp_path), *SMOKE]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs, duplicates = counts(tmp_path)
+    assert runs == 1 and duplicates == []
+    db = sqlite3.connect(tmp_path / "results.sqlite")
+    metrics = dict(db.execute("SELECT name, value FROM metrics").fetchall())
+    assert {"top1", "top5", "test_loss", "train_time", "train_throughput"} <= set(metrics)
+    assert metrics["top1"] > 20  # 10 classes: learned, with the two ranks' gradients averaged
+    assert proc.stdout.count("top-1") == 1  # only rank 0 reports
