@@ -1,4 +1,5 @@
-"""Command line: ``python -m bench run | list | results``. Thin: parse, call the library, print.
+"""Command line: ``python -m bench run | list | results | profile | report | check | evaluate-wsol``.
+library, print.
 
 Bad input (a BenchError, or an argparse error) prints one line ``error: ...`` and exits with 2.
 """
@@ -87,6 +88,7 @@ def resolve_names(registry, items: Optional[list[str]]) -> list:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bench.report import write_report
     from bench.results import summary_table
     from bench.store import Store
     from bench.suite import STORE_NAME, SuiteConfig, resolve_device, run_suite
@@ -122,6 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     store.close()
     print(summary_table(records, [str(m) for m in methods]))
     print(f"\nstore: {out / STORE_NAME}")
+    print(f"report: {write_report(out).html}")
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
@@ -213,6 +216,29 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import write_report
+
+    files = write_report(args.out)
+    print(f"report: {files.markdown}\n        {files.html}\nfigures: {len(files.figures)} files "
+          f"under {args.out / 'figures'}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from bench.report.check import check, update_baseline
+
+    if args.update:
+        count, left_out = update_baseline(args.out, args.baseline)
+        print(f"baseline written: {args.baseline} ({count} records)")
+        if left_out:
+            print(f"not gated (timing, or no tolerance set): {', '.join(left_out)}")
+        return 0
+    result = check(args.out, args.baseline)
+    print("\n".join(result.lines()))
+    return 1 if result.failures else 0
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="bench", description="Compare attention mechanisms for CNN classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -248,6 +274,15 @@ def build_parser() -> Parser:
     p.add_argument("--iou-thresholds", type=int, nargs="+", default=[30, 50, 70])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate_wsol)
+    p = sub.add_parser("report", help="write report.md, report.html and figures/ from the store")
+    p.add_argument("--out", type=Path, default=Path("reports"), help="store and reports directory")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("check", help="compare stored results with a baseline; exit 1 on regressions")
+    p.add_argument("--out", type=Path, default=Path("reports"), help="store directory")
+    p.add_argument("--baseline", type=Path, required=True, help="baseline JSON file")
+    p.add_argument("--update", action="store_true",
+                   help="write the stored results (mean over seeds) as the new baseline")
+    p.set_defaults(func=cmd_check)
     return parser
 
 

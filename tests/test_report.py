@@ -1,0 +1,271 @@
+"""Reports: tables (every method, units, deltas, Welch tests), figures, the self-contained HTML,
+method order and colours, recipe groups, and the report written by `bench run` / `bench report`."""
+from __future__ import annotations
+
+import base64
+import math
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.cli import main
+from bench.registry import METHODS
+from bench.report import write_report
+from bench.report.collect import BASELINE_COLOUR, method_order, method_palette
+from bench.report.stats import welch
+from bench.report.tables import describe_extras
+from bench.store import Store
+from bench.tasks.base import Metric, TaskResult
+
+METHOD_ORDER = ["gap-fc", "se", "se[r=8]", "ssia"]  # none but gap-fc registered: the rest by name
+TOP1 = {"gap-fc": [70.0, 72.0], "se": [74.0, 75.0], "se[r=8]": [71.0, 73.5], "ssia": [70.5]}
+WSOL = ["gt_known_loc", "top1_loc", "maxboxacc_v2", "maxboxacc_30", "maxboxacc_50", "maxboxacc_70",
+        "maxboxacc_v1", "pxap"]
+FIGURE_KINDS = ["accuracy-vs-gmacs", "training-step", "latency", "wsol", "curves"]
+
+
+def add_run(store: Store, method: str, seed: int, recipe: dict | None = None) -> int:
+    recipe = recipe or {"epochs": 2, "batch_size": 64}
+    return store.start_run({"method": method, "seed": seed, "recipe": recipe}, method=method,
+                           method_name=method.split("[")[0], options={}, backbone="resnet8",
+                           dataset="toy", seed=seed, preset="smoke", device="cpu",
+                           torch_version="2.x")
+
+
+def build_store(out: Path) -> None:
+    """Four methods (one with a single seed), every task's metrics, curves, a gallery image for
+    gap-fc, a gallery whose file is gone for se, and a failed task for ssia."""
+    out.mkdir(parents=True, exist_ok=True)
+    store = Store(out / "results.sqlite")
+    gallery = out / "figures" / "gallery-run1.png"
+    gallery.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((20, 30, 3), 200, dtype=np.uint8)).save(gallery)
+    for k, method in enumerate(METHOD_ORDER):
+        for seed, top1 in enumerate(TOP1[method]):
+            run = add_run(store, method, seed)
+            store.record_task(run, "accuracy", TaskResult(
+                [Metric("top1", top1, "%", {"split": "test", "images": 64}),
+                 Metric("top5", 99.0, "%", {"split": "test", "images": 64}),
+                 Metric("test_loss", 0.5 + k / 10, "nats", {"split": "test"}),
+                 Metric("train_time", 10.0 + k, "s", {"device": "cpu"}),
+                 Metric("energy", 3.0 + k, "J", {"meter": "rapl"})],
+                {"train_loss": [2.0, 1.0 + seed], "train_top1": [40.0, 60.0],
+                 "test_top1": [45.0, top1], "lr": [0.05, 0.0]}))
+            if method == "ssia":
+                store.record_task(run, "wsol", TaskResult(), "failed", "NaN loss in the maps")
+            else:
+                artifacts = {"gallery": str(gallery) if method == "gap-fc" else
+                             str(out / "figures" / f"gallery-gone-{run}.png")}
+                store.record_task(run, "wsol", TaskResult(
+                    [Metric(m, 40.0 + i + k + seed, "%", {"cam_curve_interval": 0.01})
+                     for i, m in enumerate(WSOL)], artifacts=artifacts))
+            if seed == 0:
+                store.record_task(run, "cost", TaskResult([
+                    Metric("params", 78000 + 1000 * k, "count", {}),
+                    Metric("params_added", 1000 * k, "count", {}),
+                    Metric("gmacs", 0.012 + 0.001 * k, "GMac", {"tool": "fvcore", "input": [1, 1, 16, 16]}),
+                    Metric("gmacs_all", 0.0125 + 0.001 * k, "GMac", {"tool": "fvcore+handles"}),
+                    Metric("latency_ms", 1.0 + k, "ms", {"batch_size": 1, "threads": 1}),
+                    Metric("latency_ms", 10.0 + k, "ms", {"batch_size": 64, "threads": 1}),
+                    Metric("train_step_ratio", 1.0 + k / 10, "x", {"batch_size": 64})]))
+            store.end_run(run, "failed" if method == "ssia" else "complete", None)
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    build_store(out)
+    files = write_report(out)
+    return out, files, (out / "report.md").read_text(), (out / "report.html").read_text()
+
+
+def md_tables(markdown: str) -> dict[str, list[list[str]]]:
+    """Markdown tables by their ### title: header row then body rows, cells stripped."""
+    tables, title = {}, None
+    for line in markdown.splitlines():
+        if line.startswith("### "):
+            title = line[4:]
+        elif line.startswith("| ") and title:
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            tables.setdefault(title, []).append(cells)
+    return tables
+
+
+def t_cdf(t: float, df: float) -> float:
+    """Student's t CDF by numerical integration of its density (independent of scipy)."""
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    x = np.linspace(0.0, abs(t), 200001)
+    density = np.exp(log_c - (df + 1) / 2 * np.log1p(x * x / df))
+    area = float(np.sum((density[1:] + density[:-1]) / 2 * np.diff(x)))
+    return 0.5 + math.copysign(area, t)
+
+
+@pytest.mark.parametrize("a, b", [([74.0, 75.0], [70.0, 72.0]), ([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 9.0]),
+                                  ([90.1, 90.5, 89.7], [90.0, 90.2, 90.4, 90.3, 89.9])])
+def test_welch_matches_hand_computation(a, b):
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    va = sum((x - ma) ** 2 for x in a) / (len(a) - 1) / len(a)
+    vb = sum((x - mb) ** 2 for x in b) / (len(b) - 1) / len(b)
+    t = (ma - mb) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    p = 2 * (1 - t_cdf(abs(t), df))
+    result = welch(a, b)
+    assert result.t == pytest.approx(t, rel=1e-12)
+    assert result.df == pytest.approx(df, rel=1e-12)
+    assert result.p == pytest.approx(p, rel=1e-6)
+
+
+def test_welch_undefined_cases():
+    assert welch([1.0], [1.0, 2.0]) is None
+    assert welch([3.0, 3.0], [4.0, 4.0]) is None
+
+
+def test_method_order_and_palette():
+    registered = [n for n in METHODS.names() if n != "gap-fc"]
+    specs = ["zz-gone", "gap-fc[x=1]", "aa-gone"] + [f"{n}[x=1]" for n in registered] + \
+        list(reversed(registered)) + ["gap-fc"]
+    expected = ["gap-fc", "gap-fc[x=1]"] + [s for n in registered for s in (n, f"{n}[x=1]")] + \
+        ["aa-gone", "zz-gone"]
+    assert method_order(specs) == expected
+    palette = method_palette(specs)
+    assert palette["gap-fc"] == BASELINE_COLOUR
+    assert len(set(palette.values())) == len(specs)  # one distinct colour per method
+    for name in registered:  # a registered method's colour does not depend on what else is shown
+        assert method_palette([name])[name] == palette[name]
+
+
+def test_files_written(report):
+    out, files, _, _ = report
+    assert files.markdown == out / "report.md" and files.html == out / "report.html"
+    for kind in FIGURE_KINDS:
+        png, svg = out / "figures" / f"toy-resnet8-{kind}.png", out / "figures" / f"toy-resnet8-{kind}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "<svg" in svg.read_text()[:2000]
+        assert png in files.figures and svg in files.figures
+
+
+def test_every_method_in_every_table_in_order(report):
+    _, _, markdown, html = report
+    tables = md_tables(markdown)
+    for title in ["Accuracy", "Weakly-supervised object localization", "Size, compute and memory",
+                  "Time", "Other metrics"]:
+        assert [row[0] for row in tables[title][1:]] == METHOD_ORDER, title
+    legend = re.search(r'<p class="legend">(.*?)</p>', html).group(1)
+    assert re.findall(r"</span>([^<]+)</span>", legend) == METHOD_ORDER
+
+
+def test_units_and_settings(report):
+    _, _, markdown, _ = report
+    tables = md_tables(markdown)
+    assert tables["Accuracy"][0][:5] == ["method", "seeds", "top-1 (%)", "Δ top-1 vs gap-fc (pp)",
+                                         "p (Welch, top-1)"]
+    assert "test loss (nats)" in tables["Accuracy"][0]
+    assert tables["Size, compute and memory"][0] == [
+        "method", "params (count)", "added params (count)", "GMACs, fvcore default ops (GMac)",
+        "GMACs, incl. element-wise ops (GMac)"]
+    assert tables["Time"][0][1:4] == ["latency [batch_size=1] (ms)", "latency [batch_size=64] (ms)",
+                                      "training step ratio (x)"]
+    assert "MaxBoxAcc δ=50% (%)" in tables["Weakly-supervised object localization"][0]
+    assert tables["Other metrics"][0] == ["method", "accuracy: energy (J)"]
+    assert "- gmacs: input=[1, 1, 16, 16], tool=fvcore" in markdown
+    assert "- latency_ms [batch_size=1], latency_ms [batch_size=64]: threads=1" in markdown
+
+
+def test_settings_that_differ_name_their_methods():
+    extras = [("a", {"tool": "x", "n": 1, "t": 0.1}), ("b", {"tool": "y", "n": 1, "t": 0.2}),
+              ("c", {"tool": "x", "t": 0.3}), ("d", {"tool": "x", "n": 1, "t": 0.4, "bs": 8})]
+    assert describe_extras(extras, {"bs"}) == \
+        "n=1 (a, b, d); (none) (c), t varies (4 values), tool=x (a, c, d); y (b)"
+    assert describe_extras(extras[:1], set()) == "n=1, t=0.1, tool=x"
+
+
+def test_accuracy_numbers(report):
+    _, _, markdown, _ = report
+    rows = {r[0]: r for r in md_tables(markdown)["Accuracy"][1:]}
+    assert rows["gap-fc"][1:5] == ["2", f"71.00 ± {math.sqrt(2):.2f}", "reference", "reference"]
+    p = welch(TOP1["se"], TOP1["gap-fc"]).p
+    assert rows["se"][2:5] == ["74.50 ± 0.71", "+3.50", f"{p:.3g}"]
+    assert rows["se[r=8]"][3] == "+1.25"
+    assert rows["ssia"][1:5] == ["1", "70.50", "-0.50", "1 seed: no test"]
+    assert rows["se"][7] == "no variance: no test"  # top-5 is 99.0 for every run
+
+
+def test_wsol_cost_and_missing_cells(report):
+    _, _, markdown, _ = report
+    tables = md_tables(markdown)
+    wsol = {r[0]: r for r in tables["Weakly-supervised object localization"][1:]}
+    assert wsol["se"][1] == "41.50 ± 0.71"  # gt_known_loc: 40 + k(1) + seed(0, 1)
+    assert set(wsol["ssia"][1:]) == {"—"}
+    cost = {r[0]: r for r in tables["Size, compute and memory"][1:]}
+    assert cost["se[r=8]"][1:5] == ["80,000", "2,000", "0.01400", "0.01450"]
+    failures = md_tables(markdown)["Failed or incomplete"]
+    assert ["ssia", "0", "wsol", "failed", "NaN loss in the maps"] in failures
+
+
+def test_html_is_self_contained(report):
+    out, _, _, html = report
+    assert 'src="http' not in html and "<link" not in html and "url(" not in html
+    sources = re.findall(r'<img src="([^"]*)"', html)
+    assert len(sources) == len(FIGURE_KINDS) + 1  # the figures and gap-fc's gallery
+    assert all(s.startswith("data:image/") for s in sources)
+    gallery = base64.b64encode((out / "figures" / "gallery-run1.png").read_bytes()).decode()
+    assert f"data:image/png;base64,{gallery}" in sources
+    assert "Content-Security-Policy" in html and "default-src 'none'" in html
+
+    class Checker(HTMLParser):  # every opened element that needs closing is closed, in order
+        def __init__(self):
+            super().__init__()
+            self.stack = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag not in ("meta", "img", "br", "hr", "input", "link"):
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag):
+            assert self.stack.pop() == tag
+
+    checker = Checker()
+    checker.feed(html)
+    assert checker.stack == []
+
+
+def test_missing_gallery_file_is_named(report):
+    _, _, markdown, _ = report
+    assert re.search(r"Gallery \(wsol\): se, seed 0: file .*gallery-gone-\d+\.png not found", markdown)
+    assert "![Gallery (wsol): gap-fc, seed 0](figures/gallery-run1.png)" in markdown
+
+
+def test_recipes_are_reported_apart(tmp_path):
+    store = Store(tmp_path / "results.sqlite")
+    for epochs, top1 in ((1, 50.0), (3, 80.0)):
+        run = add_run(store, "gap-fc", 0, {"epochs": epochs, "batch_size": 64})
+        store.record_task(run, "accuracy", TaskResult([Metric("top1", top1, "%")]))
+    store.close()
+    markdown = write_report(tmp_path).markdown.read_text()
+    assert "## toy / resnet8 (epochs=1)" in markdown and "## toy / resnet8 (epochs=3)" in markdown
+    sections = markdown.split("\n## ")[1:3]
+    assert [md_tables(s)["Accuracy"][1][2] for s in sections] == ["50.00", "80.00"]
+
+
+def test_empty_store_and_missing_store(tmp_path, capsys):
+    Store(tmp_path / "results.sqlite").close()
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    assert "No results stored yet." in (tmp_path / "report.md").read_text()
+    assert main(["report", "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no results store") and err.count("\n") == 1
+
+
+def test_bench_run_writes_the_report(tmp_path, capsys):
+    code = main(["run", "--methods", "gap-fc", "--dataset", "toy-quadrants", "--backbone", "resnet8",
+                 "--epochs", "1", "--no-progress", "--tasks", "accuracy", "--out", str(tmp_path)])
+    assert code == 0
+    assert f"report: {tmp_path / 'report.html'}" in capsys.readouterr().out
+    tables = md_tables((tmp_path / "report.md").read_text())
+    assert [r[0] for r in tables["Accuracy"][1:]] == ["gap-fc"]
+    assert (tmp_path / "figures" / "toy-quadrants-resnet8-curves.svg").exists()
