@@ -21,7 +21,6 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
-from torch.utils import benchmark
 
 from bench.methods.base import Batch, MethodNet
 
@@ -79,7 +78,11 @@ def train_step_call(model: MethodNet, batch: Batch,
     return step
 
 
-def _timer(fn: Callable[[], Any], threads: int) -> benchmark.Timer:
+def _timer(fn: Callable[[], Any], threads: int) -> Any:
+    # Imported here: torch.utils.benchmark loads torch.utils.cpp_extension, which logs a warning
+    # at import on machines with a CUDA toolkit but no CUDA runtime; only timing needs it.
+    from torch.utils import benchmark
+
     return benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
 
 
