@@ -223,7 +223,7 @@ def test_cub_train_batches_are_deterministic_for_any_worker_count(tmp_path, trai
 
     def run(workers: int) -> tuple[torch.Tensor, torch.Tensor]:
         split = cub_load(tmp_path, workers=workers, train_crop=train_crop).train
-        xs, ys = zip(*split.batches(2, train=True, generator=torch.Generator().manual_seed(3)))
+        xs, ys = zip(*split.batches(3, train=True, generator=torch.Generator().manual_seed(3)))
         return torch.cat(xs), torch.cat(ys)
 
     x0, y0 = run(0)
@@ -289,9 +289,27 @@ def test_cub_bad_options(tmp_path):
 
 
 def test_folder_split_without_boxes(tmp_path):
-    Image.fromarray(np.full((10, 12, 3), 255, np.uint8)).save(tmp_path / "a.png")
-    split = FolderSplit(tmp_path, ["a.png"], [4], input_size=8, mean=(0.5,) * 3, std=(0.5,) * 3,
-                        workers=0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((10, 12, 3), 255, np.uint8)).save(tmp_path / name)
+    split = FolderSplit(tmp_path, ["a.png", "b.png"], [4, 4], input_size=8, mean=(0.5,) * 3,
+                        std=(0.5,) * 3, workers=0)
     assert split.boxes is None and split.masks is None and split.original_size(0) == (12, 10)
     (x, y), = list(split.batches(4, train=True, generator=torch.Generator().manual_seed(0)))
-    assert torch.allclose(x, torch.ones(1, 3, 8, 8)) and y.tolist() == [4]
+    assert torch.allclose(x, torch.ones(2, 3, 8, 8)) and y.tolist() == [4, 4]
+
+
+def test_folder_split_shards_are_disjoint_halves(tmp_path):
+    names = [f"{i}.png" for i in range(9)]
+    for i, name in enumerate(names):
+        Image.fromarray(np.full((6, 6, 3), 20 * i, np.uint8)).save(tmp_path / name)
+    split = FolderSplit(tmp_path, names, list(range(9)), input_size=6, mean=(0.0,) * 3,
+                        std=(1.0,) * 3, workers=0)
+
+    def labels(shard):
+        g = torch.Generator().manual_seed(1)
+        return [y.tolist() for _, y in split.batches(4, train=True, generator=g, shard=shard)]
+
+    whole, first, second = labels((0, 1)), labels((0, 2)), labels((1, 2))
+    assert [len(b) for b in first] == [2, 2] and [len(b) for b in second] == [2, 2]
+    for w, a, b in zip(whole, first, second):  # each global batch split between the two ranks
+        assert sorted(a + b) == sorted(w)

@@ -72,11 +72,19 @@ class FolderSplit:
         return [rescale_box(b, self.original_size(i), size) for i, b in enumerate(self.original_boxes)]
 
     def batches(self, batch_size: int, *, train: bool, generator: Optional[torch.Generator] = None,
-                device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                device: torch.device | str = "cpu",
+                shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self)
         if train:
             order = torch.randperm(n, generator=generator)
             seeds = torch.randint(0, 2 ** 62, (n,), generator=generator)
+            rank, world = shard
+            # As TensorSplit: drop a last partial global batch under torchrun (or one of one image),
+            # then keep this rank's 1/world of every global batch.
+            keep = n - n % batch_size if world > 1 or n % batch_size == 1 else n
+            local = torch.arange(keep)
+            local = local[(local % batch_size) % world == rank]
+            order, seeds, batch_size = order[local], seeds[local], batch_size // world
         else:
             order, seeds = torch.arange(n), None
         device = torch.device(device)
