@@ -54,6 +54,9 @@ def long_table(records: list[dict[str, Any]]) -> str:
 def format_mean_std(mean: float, std: float, count: int) -> str:
     if pd.isna(mean):
         return "n/a"
+    if 0 < abs(mean) < 1:  # small figures (GMACs of small nets): four significant digits
+        text, spread = f"{mean:.4g}", f"{std:.2g}" if count > 1 and not pd.isna(std) else ""
+        return f"{text} ± {spread}" if spread else text
     digits = 0 if abs(mean) >= 1e5 else 3 if abs(mean) < 10 else 2
     if count < 2 or pd.isna(std):
         return f"{mean:,.{digits}f}"
@@ -74,7 +77,8 @@ def summary_table(records: list[dict[str, Any]], methods: list[str] | None = Non
             values = group[(group["task"] == task) & (group["metric"] == metric)]
             if len(values):
                 unit = values["unit"].iloc[0]
-                row[f"{header} ({unit})"] = format_mean_std(values["value"].mean(),
+                label = header if unit in header else f"{header} ({unit})"
+                row[label] = format_mean_std(values["value"].mean(),
                                                             values["value"].std(), len(values))
         rows.append(row)
     return tabulate(pd.DataFrame(rows).fillna(""), headers="keys", tablefmt="github", showindex=False)

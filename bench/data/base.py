@@ -6,11 +6,30 @@ augmented on tensors in whole batches, so the data pipeline never holds the mode
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Protocol, Sequence
+from typing import Any, Iterator, Optional, Protocol, Sequence, TypeVar
 
 import numpy as np
 import torch
+
+from bench.errors import BenchError
+
+Options = TypeVar("Options")
+
+
+def parse_options(cls: type[Options], dataset: str, options: dict[str, Any]) -> Options:
+    """A dataset's options dataclass from keyword options; unknown names are a BenchError, and the
+    dataclass's ``validate()`` (if any) checks the values."""
+    try:
+        parsed = cls(**options)
+    except TypeError:
+        valid = ", ".join(f.name for f in dataclasses.fields(cls))
+        raise BenchError(f"unknown option in {sorted(options)} for dataset {dataset}; "
+                         f"valid: {valid}") from None
+    if hasattr(parsed, "validate"):
+        parsed.validate()
+    return parsed
 
 
 class Split(Protocol):

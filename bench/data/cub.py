@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from torchvision import transforms
 
-from bench.data.base import DataBundle
+from bench.data.base import DataBundle, parse_options
 from bench.data.folder import FolderSplit
 from bench.data.paths import data_dir, describe_root
 from bench.errors import BenchError
@@ -150,13 +150,7 @@ def holdout_indices(labels: np.ndarray, training: np.ndarray, per_class: int) ->
                    **dataclasses.asdict(CubOptions()))
 def load(data_root: Path | None = None, download: bool = False, **options: object) -> DataBundle:
     """CUB-200-2011 from ``data_root``; it cannot be downloaded automatically."""
-    try:
-        opts = CubOptions(**options)
-    except TypeError:
-        valid = ", ".join(f.name for f in dataclasses.fields(CubOptions))
-        raise BenchError(f"unknown option in {sorted(options)} for dataset cub200; "
-                         f"valid: {valid}") from None
-    opts.validate()
+    opts = parse_options(CubOptions, "cub200", options)
     cub = find_root(data_root)
     paths, labels, training, boxes = read_metadata(cub)
     num_classes = int(labels.max()) + 1

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.data.base import Augment, DataBundle, TensorSplit
+from bench.data.base import Augment, DataBundle, TensorSplit, parse_options
 from bench.data.paths import data_dir
 from bench.errors import BenchError
 from bench.registry import DATASETS
@@ -258,13 +258,7 @@ def _tensor_split(name: str, arrays: dict[str, np.ndarray], mean: float, std: fl
                    aliases=("digits",), **dataclasses.asdict(ClutterConfig()))
 def load(data_root: Path | None = None, download: bool = False, **options: object) -> DataBundle:
     """digits-clutter with ``options`` (see ``ClutterConfig``); ``download`` is not needed."""
-    try:
-        cfg = ClutterConfig(**options)
-    except TypeError:
-        valid = ", ".join(f.name for f in dataclasses.fields(ClutterConfig))
-        raise BenchError(f"unknown option in {sorted(options)} for dataset digits-clutter; "
-                         f"valid: {valid}") from None
-    cfg.validate()
+    cfg = parse_options(ClutterConfig, "digits-clutter", options)
     splits = load_splits(cfg, data_root)
     train_pixels = splits["train"]["images"].astype(np.float64) / 255.0
     mean, std = float(train_pixels.mean()), float(train_pixels.std())

@@ -225,6 +225,9 @@ def count_traced(model: nn.Module, x: torch.Tensor) -> TracedCount:
     analysis.tracer_warnings("no_tracer_warning")
     # Ops outside both tables are listed in ``uncounted`` instead of fvcore's log lines.
     analysis.unsupported_ops_warnings(False)
+    # Modules a deployed network keeps but does not run at inference (ABN's K->K conv, used only
+    # by the loss and the class maps) are expected; fvcore would log each one.
+    analysis.uncalled_modules_warnings(False)
     by_op = {k: int(v) for k, v in analysis.by_operator().items()}
     unsupported = sorted(analysis.unsupported_ops())
     # The rule table's counts are filed under its own names, which fvcore's handles never use.
