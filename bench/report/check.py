@@ -32,7 +32,7 @@ from bench.errors import BenchError
 from bench.report.collect import annotate_recipes, method_order
 from bench.store import Store
 
-EXACT = ("params", "params_added", "gmacs", "gmacs_all", "gmacs_train")
+EXACT = ("params", "params_added", "params_train", "gmacs", "gmacs_all", "gmacs_train")
 NOT_GATED = ("latency_ms", "train_step_ms", "train_step_ratio", "train_time", "train_throughput")
 LOWER_IS_BETTER = ("test_loss", "memory_access_mb", "saved_activations_mb")
 DEFAULT_TOLERANCE = {"accuracy": 2.0, "wsol": 5.0}
