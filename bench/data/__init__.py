@@ -1,5 +1,6 @@
 """Datasets, registered by name in ``bench.registry.DATASETS``; each loader returns a DataBundle."""
-from bench.data import cifar, cub, digits_clutter  # noqa: F401  (registers the datasets)
+# Importing the dataset modules registers them.
+from bench.data import cifar, cub, digits_clutter, imagenet, wsol_metadata  # noqa: F401
 from bench.data.base import Augment, DataBundle, Split, TensorSplit
 from bench.data.folder import FolderSplit
 
