@@ -38,7 +38,9 @@ class Split(Protocol):
     labels: torch.Tensor  # (N,) int64
     ids: list[str]  # one id per image, e.g. "test/00042.png" (score maps are saved as <id>.npy)
     boxes: Optional[list[np.ndarray]]  # per image, (m, 4) int x0, y0, x1, y1, inclusive pixels
-    masks: Optional[torch.Tensor]  # (N, H, W) bool foreground masks, if the dataset has them
+    # Per image an (H, W) bool foreground mask at ``image_size``, if the dataset has masks: an
+    # (N, H, W) tensor for in-memory splits, or a lazily read sequence for folder datasets.
+    masks: Optional[Sequence[torch.Tensor]]
 
     def __len__(self) -> int: ...
 

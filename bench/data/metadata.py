@@ -131,16 +131,23 @@ def _require_all(found: dict, ids: dict[str, int], path: Path, what: str = "line
             raise BenchError(f"{path}: no {what} for image {image_id!r} ({IMAGE_IDS} line {number})")
 
 
-def read_metadata(folder: str | Path) -> WsolMetadata:
-    """Read and validate a metadata folder."""
+def read_labels(folder: str | Path) -> tuple[dict[str, int], dict[str, int]]:
+    """The image ids (id -> line) and class labels of a metadata folder, validated."""
     root = Path(folder)
-    if not root.is_dir():
-        raise BenchError(f"{root}: not a directory; expected a WSOL metadata folder")
     ids = _read_image_ids(root / IMAGE_IDS)
     labels = {k: v[0] for k, v in _read_per_image(root / CLASS_LABELS, ids, "class_index", 1).items()}
     for image_id, label in labels.items():
         if label < 0:
             raise BenchError(f"{root / CLASS_LABELS}: image {image_id!r} has a negative class index {label}")
+    return ids, labels
+
+
+def read_metadata(folder: str | Path) -> WsolMetadata:
+    """Read and validate a metadata folder."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise BenchError(f"{root}: not a directory; expected a WSOL metadata folder")
+    ids, labels = read_labels(root)
     sizes_path = root / IMAGE_SIZES
     sizes: dict[str, tuple[int, int]] = {}
     if sizes_path.is_file():

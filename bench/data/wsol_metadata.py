@@ -36,8 +36,8 @@ from torchvision import transforms
 from bench.data.base import DataBundle, parse_options
 from bench.data.cub import IMAGENET_MEAN, IMAGENET_STD, TRAIN_CROPS, CubOptions
 from bench.data.folder import FolderSplit
-from bench.data.metadata import (CLASS_LABELS, IMAGE_IDS, LOCALIZATION, WsolMetadata, _read_image_ids,
-                                 _read_per_image, read_masks, read_metadata)
+from bench.data.metadata import (IMAGE_IDS, LOCALIZATION, WsolMetadata, read_labels, read_masks,
+                                 read_metadata)
 from bench.data.paths import data_dir, describe_root
 from bench.errors import BenchError
 from bench.registry import DATASETS
@@ -130,13 +130,8 @@ def read_split(folder: Path, annotations: bool, mask_root: Optional[Path] = None
                     raise BenchError(f"{folder / LOCALIZATION}: mask {path!r} of image {image_id!r} not "
                                      f"found at {meta.resolve(path)}")
         return meta
-    ids = _read_image_ids(folder / IMAGE_IDS)
-    labels = _read_per_image(folder / CLASS_LABELS, ids, "class_index", 1)
-    for image_id, (label,) in labels.items():
-        if label < 0:
-            raise BenchError(f"{folder / CLASS_LABELS}: image {image_id!r} has a negative class index "
-                             f"{label}")
-    return WsolMetadata(folder, list(ids), {i: labels[i][0] for i in ids})
+    ids, labels = read_labels(folder)
+    return WsolMetadata(folder, list(ids), {i: labels[i] for i in ids})
 
 
 def check_images(root: Path, paths: Sequence[str], listed_in: Path, hint: str) -> None:
