@@ -33,6 +33,7 @@ WSOL_COLUMNS = [
 ]
 COMPUTE_COLUMNS = [
     Column("cost", "params", "params"), Column("cost", "params_added", "added params"),
+    Column("cost", "params_train", "training-network params"),
     Column("cost", "gmacs", "GMACs, fvcore default ops"),
     Column("cost", "gmacs_all", "GMACs, incl. element-wise ops"),
     Column("cost", "gmacs_train", "training GMACs"),
@@ -40,7 +41,8 @@ COMPUTE_COLUMNS = [
     Column("cost", "saved_activations_mb", "saved activations"),
 ]
 TIME_COLUMNS = [
-    Column("cost", "latency_ms", "latency"), Column("cost", "train_step_ms", "training step"),
+    Column("cost", "latency_ms", "latency"), Column("cost", "latency_batch_ms", "latency (batch)"),
+    Column("cost", "train_step_ms", "training step"),
     Column("cost", "train_step_ratio", "training step ratio"),
     Column("accuracy", "train_time", "training time"),
     Column("accuracy", "train_throughput", "training throughput"),
