@@ -313,3 +313,39 @@ def test_folder_split_shards_are_disjoint_halves(tmp_path):
     assert [len(b) for b in first] == [2, 2] and [len(b) for b in second] == [2, 2]
     for w, a, b in zip(whole, first, second):  # each global batch split between the two ranks
         assert sorted(a + b) == sorted(w)
+
+
+# ----------------------------------------------------------------- the smoke preset on each fixture
+
+def stored(out: Path) -> dict[str, float]:
+    from bench.store import Store
+
+    store = Store(out / "results.sqlite", create=False)
+    values = {r["metric"]: r["value"] for r in store.records()}
+    store.close()
+    return values
+
+
+def test_smoke_preset_runs_on_the_cifar_fixture(tmp_path):
+    from bench.cli import main
+
+    write_cifar10(tmp_path, per_batch=8)
+    assert main(["run", "--preset", "smoke", "--dataset", "cifar10", "--data-root", str(tmp_path),
+                 "--methods", "gap-fc", "--epochs", "1", "--batch-size", "8", "--tasks", "accuracy",
+                 "wsol", "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    metrics = stored(tmp_path / "out")
+    assert 0 <= metrics["top1"] <= 100
+    assert "maxboxacc_v2" not in metrics  # CIFAR has no boxes: no WSOL metrics, no failure
+
+
+def test_smoke_preset_runs_on_the_cub_fixture(tmp_path):
+    from bench.cli import main
+
+    write_cub(tmp_path)
+    assert main(["run", "--preset", "smoke", "--dataset",
+                 "cub200[input_size=16,resize_size=20,holdout_per_class=1,workers=0]",
+                 "--data-root", str(tmp_path), "--methods", "gap-fc", "--epochs", "1",
+                 "--batch-size", "2", "--tasks", "accuracy", "wsol", "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    metrics = stored(tmp_path / "out")
+    assert 0 <= metrics["top1"] <= 100 and 0 <= metrics["maxboxacc_v2"] <= 100
