@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from torchvision import transforms
 
 from bench.data.base import DataBundle, parse_options
-from bench.data.folder import FolderSplit
+from bench.data.folder import FolderSplit, ImageOptions
 from bench.data.paths import data_dir, describe_root
 from bench.errors import BenchError
 from bench.registry import DATASETS
@@ -40,36 +39,16 @@ TABLES = {  # file -> its columns after the image id
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TRAIN_CROPS = ("resize-crop", "random-resized")
-
-
 @dataclass(frozen=True)
-class CubOptions:
-    """The options of cub200 (its registry defaults)."""
+class CubOptions(ImageOptions):
+    """The options of cub200 (its registry defaults): the image options, and the holdout size."""
 
-    input_size: int = 224
-    resize_size: int = 256
-    train_crop: str = "resize-crop"
     holdout_per_class: int = 5
-    workers: int = 4
 
     def validate(self) -> None:
-        if self.train_crop not in TRAIN_CROPS:
-            raise BenchError(f"cub200 option train_crop={self.train_crop!r}; valid: "
-                             f"{', '.join(TRAIN_CROPS)}")
-        if not 0 < self.input_size <= self.resize_size:
-            raise BenchError(f"cub200 needs 0 < input_size <= resize_size, got {self.input_size}, "
-                             f"{self.resize_size}")
-        if self.holdout_per_class < 0 or self.workers < 0:
-            raise BenchError("cub200 options holdout_per_class and workers must be >= 0")
-
-    def train_transform(self) -> transforms.Compose:
-        if self.train_crop == "resize-crop":
-            crop = [transforms.Resize((self.resize_size, self.resize_size)),
-                    transforms.RandomCrop(self.input_size)]
-        else:
-            crop = [transforms.RandomResizedCrop(self.input_size)]
-        return transforms.Compose(crop + [transforms.RandomHorizontalFlip()])
+        self.check("cub200")
+        if self.holdout_per_class < 0:
+            raise BenchError(f"cub200 option holdout_per_class must be >= 0, got {self.holdout_per_class}")
 
 
 def _read_table(path: Path, columns: tuple[str, ...]) -> dict[int, list[str]]:

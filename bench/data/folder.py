@@ -12,6 +12,7 @@ seed from it, so results do not depend on the number of loader workers.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -20,6 +21,41 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
+
+from bench.errors import BenchError
+
+
+TRAIN_CROPS = ("resize-crop", "random-resized")
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """Options shared by the image-file datasets: sizes, training crop, loader workers."""
+
+    input_size: int = 224
+    resize_size: int = 256
+    train_crop: str = "resize-crop"
+    workers: int = 4
+
+    def check(self, dataset: str) -> None:
+        if self.train_crop not in TRAIN_CROPS:
+            raise BenchError(f"{dataset} option train_crop={self.train_crop!r}; valid: "
+                             f"{', '.join(TRAIN_CROPS)}")
+        if not 0 < self.input_size <= self.resize_size:
+            raise BenchError(f"{dataset} needs 0 < input_size <= resize_size, got {self.input_size}, "
+                             f"{self.resize_size}")
+        if self.workers < 0:
+            raise BenchError(f"{dataset} option workers must be >= 0, got {self.workers}")
+
+    def train_transform(self) -> transforms.Compose:
+        """``resize-crop``: resize to resize_size, random input_size crop (the WSOL reference's
+        recipe); ``random-resized``: RandomResizedCrop (the ImageNet classification recipe); flip."""
+        if self.train_crop == "resize-crop":
+            crop = [transforms.Resize((self.resize_size, self.resize_size)),
+                    transforms.RandomCrop(self.input_size)]
+        else:
+            crop = [transforms.RandomResizedCrop(self.input_size)]
+        return transforms.Compose(crop + [transforms.RandomHorizontalFlip()])
 
 
 def rescale_box(box: np.ndarray, size: tuple[int, int], new_size: tuple[int, int]) -> np.ndarray:

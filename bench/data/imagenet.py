@@ -44,10 +44,10 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from bench.data.base import DataBundle, parse_options
 from bench.data.cub import IMAGENET_MEAN, IMAGENET_STD
-from bench.data.folder import FolderSplit
+from bench.data.folder import FolderSplit, ImageOptions
 from bench.data.metadata import CLASS_LABELS, IMAGE_IDS, WsolMetadata
 from bench.data.paths import data_dir, describe_root
-from bench.data.wsol_metadata import (METADATA_HELP, ImageOptions, MetadataSplit, check_images, exclusive,
+from bench.data.wsol_metadata import (METADATA_HELP, MetadataSplit, check_images, exclusive,
                                       read_split, without)
 from bench.errors import BenchError
 from bench.registry import DATASETS

@@ -31,11 +31,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from torchvision import transforms
 
 from bench.data.base import DataBundle, parse_options
-from bench.data.cub import IMAGENET_MEAN, IMAGENET_STD, TRAIN_CROPS, CubOptions
-from bench.data.folder import FolderSplit
+from bench.data.cub import IMAGENET_MEAN, IMAGENET_STD
+from bench.data.folder import FolderSplit, ImageOptions
 from bench.data.metadata import (IMAGE_IDS, LOCALIZATION, WsolMetadata, read_labels, read_masks,
                                  read_metadata)
 from bench.data.paths import data_dir, describe_root
@@ -46,30 +45,6 @@ log = logging.getLogger(__name__)
 
 METADATA_HELP = ("a WSOL metadata folder holds image_ids.txt, class_labels.txt and, for boxes or masks, "
                  "image_sizes.txt and localization.txt (see clovaai/wsolevaluation's metadata/ folders)")
-
-
-@dataclass(frozen=True)
-class ImageOptions:
-    """Options shared by the image-file datasets read through metadata: sizes, crop, loader workers."""
-
-    input_size: int = 224
-    resize_size: int = 256
-    train_crop: str = "resize-crop"
-    workers: int = 4
-
-    def check(self, dataset: str) -> None:
-        if self.train_crop not in TRAIN_CROPS:
-            raise BenchError(f"{dataset} option train_crop={self.train_crop!r}; valid: "
-                             f"{', '.join(TRAIN_CROPS)}")
-        if not 0 < self.input_size <= self.resize_size:
-            raise BenchError(f"{dataset} needs 0 < input_size <= resize_size, got {self.input_size}, "
-                             f"{self.resize_size}")
-        if self.workers < 0:
-            raise BenchError(f"{dataset} option workers must be >= 0, got {self.workers}")
-
-    def train_transform(self) -> transforms.Compose:
-        """The training crop and flip, the same as cub200's."""
-        return CubOptions(self.input_size, self.resize_size, self.train_crop).train_transform()
 
 
 @dataclass(frozen=True)
