@@ -16,6 +16,7 @@ from bench.cli import main
 from bench.data import imagenet, wsol_metadata
 from bench.errors import BenchError
 from bench.store import Store
+from bench.tasks.wsol import evaluate_wsol
 
 SIZE = 32  # input_size in these tests
 WNIDS = ("n01440764", "n01443537", "n01484850")
@@ -314,6 +315,9 @@ def test_wsol_metadata_with_masks(tmp_path):
         mask = test.masks[i]
         assert mask.dtype == torch.bool and mask.shape == (8, 8)
         np.testing.assert_array_equal(mask.numpy(), expected[i])
+    # image aa's ignore region is the whole image less its foreground; image bb has none
+    np.testing.assert_array_equal(test.ignore_masks[0].numpy(), ~expected[0])
+    assert test.ignore_masks[1] is None
 
 
 def test_wsol_metadata_mask_paths_resolve_under_mask_root(tmp_path):
@@ -363,14 +367,20 @@ def test_a_run_stores_accuracy_and_wsol_metrics(tmp_path, case):
     else:
         write_mask_dataset(data)
         spec = f"wsol-metadata[{SMALL},{','.join(f'{k}={v}' for k, v in MASK_OPTIONS.items())}]"
-    assert main(["run", "--dataset", spec, "--data-root", str(data), "--out", str(out), *RUN]) == 0
+    maps = tmp_path / "maps"
+    assert main(["run", "--dataset", spec, "--data-root", str(data), "--out", str(out),
+                 "--save-scoremaps", str(maps), *RUN]) == 0
     store = Store(out / "results.sqlite", create=False)
     records = {(r["task"], r["metric"]): r for r in store.records()}
     store.close()
     assert 0 <= records[("accuracy", "top1")]["value"] <= 100
     if case == "masks":
         assert 0 <= records[("wsol", "pxap")]["value"] <= 100
+        assert records[("wsol", "pxap")]["extra"]["ignore_regions"] is True
         assert ("wsol", "maxboxacc_v2") not in records
+        # the saved maps and metadata (ignore masks included) evaluate to the stored PxAP
+        (run_dir,) = [p for p in maps.iterdir() if p.is_dir()]
+        assert evaluate_wsol(run_dir / "metadata", run_dir)["pxap"] == records[("wsol", "pxap")]["value"]
     else:
         for metric in ("maxboxacc_v2", "maxboxacc_50", "gt_known_loc", "top1_loc"):
             assert 0 <= records[("wsol", metric)]["value"] <= 100

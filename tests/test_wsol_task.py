@@ -186,3 +186,24 @@ def test_gallery_indices():
     assert gallery_indices([3, 3, 1, 0, 1, 2, 9, 8, 7, 6, 5, 4]) == [0, 2, 3, 5, 8, 9, 10, 11]
     assert gallery_indices([1, 1, 0, 0, 1]) == [0, 1, 2, 3, 4]
     assert gallery_indices([2, 2, 2, 1, 0, 5, 5, 4, 3, 6, 7, 8, 9]) == [0, 3, 4, 5, 7, 8, 9, 10]
+
+
+@pytest.mark.parametrize("with_ignore, expected", [(False, 50.0), (True, 100.0)])
+def test_pxap_leaves_ignore_regions_out(tmp_path, with_ignore, expected):
+    # Object in columns 0-1 (value 128); a brighter distractor in columns 6-7. Counted as background,
+    # the distractor halves the precision at every threshold that finds the object (PxAP 50); as an
+    # ignore region (the reference's OpenImages protocol) it is left out and PxAP is 100.
+    image = np.zeros((1, 8, 8))
+    image[0, :, 0:2], image[0, :, 6:8] = 128, 255
+    foreground = np.zeros((1, 8, 8), bool)
+    foreground[0, :, 0:2] = True
+    test = split(image, [0], masks=foreground)
+    if with_ignore:
+        ignore = np.zeros((8, 8), bool)
+        ignore[:, 6:8] = True
+        test.ignore_masks = [torch.from_numpy(ignore)]
+    data = DataBundle("ignore", 2, 1, 8, test, test)
+    result = TASKS.get("wsol").obj.run(context(data, InputMap(2).eval(), tmp_path))
+    pxap = {m.name: m for m in result.metrics}["pxap"]
+    assert pxap.value == pytest.approx(expected)
+    assert pxap.extra["ignore_regions"] is with_ignore

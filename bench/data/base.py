@@ -41,6 +41,9 @@ class Split(Protocol):
     # Per image an (H, W) bool foreground mask at ``image_size``, if the dataset has masks: an
     # (N, H, W) tensor for in-memory splits, or a lazily read sequence for folder datasets.
     masks: Optional[Sequence[torch.Tensor]]
+    # Per image an (H, W) bool mask of pixels PxAP leaves out (OpenImages' ignore regions: never
+    # foreground), or None for an image without one; None for a split without ignore regions.
+    ignore_masks: Optional[Sequence[Optional[torch.Tensor]]]
 
     def __len__(self) -> int: ...
 
@@ -98,6 +101,7 @@ class TensorSplit:
     boxes: Optional[list[np.ndarray]] = None
     masks: Optional[torch.Tensor] = None
     augment: Augment = field(default_factory=Augment)
+    ignore_masks: Optional[Sequence[Optional[torch.Tensor]]] = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -107,8 +111,7 @@ class TensorSplit:
 
     def to(self, device: torch.device | str) -> "TensorSplit":
         """The same split with its images and labels moved to ``device`` (once, before training)."""
-        return TensorSplit(self.images.to(device), self.labels.to(device), self.mean, self.std,
-                           self.ids, self.boxes, self.masks, self.augment)
+        return dataclasses.replace(self, images=self.images.to(device), labels=self.labels.to(device))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)

@@ -70,6 +70,7 @@ class FolderSplit:
     inclusive x0, y0, x1, y1 per image). ``ids`` are the relative paths."""
 
     masks = None
+    ignore_masks = None
 
     def __init__(self, root: Path, paths: Sequence[str], labels: Sequence[int], *, input_size: int,
                  mean: Sequence[float], std: Sequence[float],

@@ -15,8 +15,8 @@ read from their PNGs when asked for, ``split.masks[i]`` an (input_size, input_si
 grid of ``image_size(i)``, resized by nearest neighbour and thresholded as the reference does), so a
 large split's masks are never all in memory. Mask paths are relative to ``mask_root`` (default: the
 metadata folder, bench's convention); clovaai/wsolevaluation's OpenImages metadata names them relative
-to its image folder, so set ``mask_root`` to the image root there. Ignore masks must exist but are not
-used: the WSOL task computes PxAP without ignore regions. Image and mask files are checked at load.
+to its image folder, so set ``mask_root`` to the image root there. Ignore masks (``split.ignore_masks``)
+leave their pixels out of PxAP, as the reference does. Image and mask files are checked at load.
 
 Training transforms as cub200 (``train_crop=resize-crop``, the reference's recipe, by default);
 normalisation with the ImageNet mean and std.
@@ -64,17 +64,19 @@ class WsolMetadataOptions(ImageOptions):
 
 
 class MetadataMasks:
-    """The foreground masks of a split's images on a size x size grid, read on access."""
+    """The foreground (or, with ``ignore``, the ignore-region) masks of a split's images on a
+    size x size grid, read on access; an image without an ignore mask gives None."""
 
-    def __init__(self, meta: WsolMetadata, ids: Sequence[str], size: int) -> None:
-        self.meta, self.ids, self.size = meta, list(ids), size
+    def __init__(self, meta: WsolMetadata, ids: Sequence[str], size: int, ignore: bool = False) -> None:
+        self.meta, self.ids, self.size, self.ignore = meta, list(ids), size, ignore
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        foreground, _ = read_masks(self.meta, self.ids[index], (self.size, self.size))
-        return torch.from_numpy(foreground)
+    def __getitem__(self, index: int) -> Optional[torch.Tensor]:
+        foreground, ignore = read_masks(self.meta, self.ids[index], (self.size, self.size))
+        mask = ignore if self.ignore else foreground
+        return None if mask is None else torch.from_numpy(mask)
 
 
 class MetadataSplit(FolderSplit):
@@ -90,6 +92,8 @@ class MetadataSplit(FolderSplit):
                          boxes=[meta.boxes[i] for i in ids] if meta.boxes else None,
                          workers=opts.workers)
         self.masks = MetadataMasks(meta, ids, opts.input_size) if meta.masks else None
+        has_ignore = any(entry.ignore for entry in meta.masks.values())
+        self.ignore_masks = MetadataMasks(meta, ids, opts.input_size, ignore=True) if has_ignore else None
 
 
 def read_split(folder: Path, annotations: bool, mask_root: Optional[Path] = None) -> WsolMetadata:

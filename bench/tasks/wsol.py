@@ -200,6 +200,13 @@ def save_gallery(path: Path, items: list[_Item], gt: dict[int, np.ndarray], pred
     return path
 
 
+def _ignore_mask(split: Split, index: int) -> Optional[np.ndarray]:
+    """The image's ignore region (pixels PxAP leaves out), or None."""
+    masks = getattr(split, "ignore_masks", None)
+    mask = masks[index] if masks is not None else None
+    return None if mask is None else mask.cpu().numpy().astype(bool)
+
+
 class _ScoremapWriter:
     """Writes the test maps as ``<dir>/<image_id>.npy`` and the split's metadata in ``<dir>/metadata``."""
 
@@ -224,7 +231,12 @@ class _ScoremapWriter:
             mask = self.split.masks[item.index].cpu().numpy().astype(np.uint8) * 255
             if not cv2.imwrite(str(target), mask):
                 raise BenchError(f"{target}: could not write the mask PNG")
-            self.meta.masks[image_id] = MaskEntry((mask_path,))
+            ignore, ignore_path = _ignore_mask(self.split, item.index), ""
+            if ignore is not None:
+                ignore_path = f"masks/{image_id}.ignore.png"
+                if not cv2.imwrite(str(self.meta.root / ignore_path), ignore.astype(np.uint8) * 255):
+                    raise BenchError(f"{self.meta.root / ignore_path}: could not write the mask PNG")
+            self.meta.masks[image_id] = MaskEntry((mask_path,), ignore_path)
 
     def close(self) -> Path:
         return write_metadata(self.meta, self.meta.root)
@@ -272,7 +284,8 @@ class WsolTask(Task):
         for item in _maps(ctx.model, test, batch_size, ctx.device):
             gt = _gt_boxes(test, item.index) if test.boxes is not None else None
             foreground = test.masks[item.index].cpu().numpy() if test.masks is not None else None
-            evaluator.add(item.scoremap, gt, foreground)
+            ignore = _ignore_mask(test, item.index)
+            evaluator.add(item.scoremap, gt, foreground, ignore)
             boxes = map_boxes(item.scoremap, tau_grid).select(rule)
             if gt is not None:
                 box_ok.append(best_iou(boxes, gt)[0] >= CLASSIC_IOU / 100)
@@ -289,7 +302,8 @@ class WsolTask(Task):
             log.info("wsol: test score maps saved to %s, metadata in %s", save_dir, writer.close())
         results = evaluator.results()
         metrics = self._metrics(results, box_ok, np.array(labels), np.stack(ranked), tau, tau_source,
-                                rule, ctx.data.num_classes)
+                                rule, ctx.data.num_classes,
+                                getattr(test, "ignore_masks", None) is not None)
         title = (f"{ctx.method} on {ctx.backbone}, {ctx.data.name}: boxes at tau={tau:.3f} "
                  f"({tau_source}, {BOX_RULES[rule]}); green = ground truth, red = predicted")
         gallery = save_gallery(ctx.out_dir / "figures" / f"gallery-run{ctx.run_id}.png", shown, gt_shown,
@@ -298,7 +312,7 @@ class WsolTask(Task):
 
     @staticmethod
     def _metrics(results: dict, box_ok: list[bool], labels: np.ndarray, ranked: np.ndarray, tau: float,
-                 tau_source: str, rule: str, num_classes: int) -> list[Metric]:
+                 tau_source: str, rule: str, num_classes: int, ignore_regions: bool) -> list[Metric]:
         interval = results["cam_curve_interval"]
         metrics: list[Metric] = []
         if box_ok:
@@ -320,7 +334,7 @@ class WsolTask(Task):
                                   {**sweep, "box_rule": BOX_RULES["largest"], "iou_threshold": 50}))
         if "pxap" in results:
             metrics.append(Metric("pxap", results["pxap"], "%", {"cam_curve_interval": interval,
-                                                                "ignore_regions": False}))
+                                                                "ignore_regions": ignore_regions}))
         return metrics
 
 
