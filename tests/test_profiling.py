@@ -275,7 +275,7 @@ def test_saved_activations_of_a_discarded_branch_are_not_held():
 def test_interleaved_ratio_recovers_a_known_ratio():
     paired = time_interleaved(lambda: time.sleep(0.004), lambda: time.sleep(0.002), threads=1,
                               pairs=3, warmup=1, min_repetition_time=0.02)
-    assert 1.5 < paired.ratio < 2.6
+    assert paired.ratio > 1.5 and paired.ratio < 2.6  # the method sleeps twice as long
     assert paired.method.median_ms > paired.baseline.median_ms > 2.0
     timing = time_call(lambda: time.sleep(0.002), threads=1, min_run_time=0.05, warmup=1)
     assert timing.samples >= 5 and timing.median_ms > 2.0 and timing.iqr_ms >= 0
