@@ -7,6 +7,8 @@ from typing import Any, Iterable
 import pandas as pd
 from tabulate import tabulate
 
+from bench.report.stats import mean_std
+
 RECORD_FIELDS = ["method", "dataset", "backbone", "seed", "task", "metric", "value", "unit"]
 
 # The columns of the summary table, in order: (task, metric) and the header shown.
@@ -43,24 +45,12 @@ def long_table(records: list[dict[str, Any]]) -> str:
     if frame.empty:
         return "no results stored yet"
     keys = ["dataset", "backbone", "method", "task", "metric", "unit"]
-    grouped = frame.groupby(keys, sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
-    grouped["value"] = [format_mean_std(m, s, n) for m, s, n in
-                        zip(grouped["mean"], grouped["std"], grouped["count"])]
-    grouped = grouped.rename(columns={"count": "seeds"})
+    grouped = frame.groupby(keys, sort=False)["value"].agg(list).reset_index()
+    grouped["seeds"] = grouped["value"].map(len)
+    grouped["value"] = [mean_std(v, u) for v, u in zip(grouped["value"], grouped["unit"])]
     return tabulate(grouped[keys[:5] + ["value", "unit", "seeds"]], headers="keys",
-                    tablefmt="github", showindex=False)
-
-
-def format_mean_std(mean: float, std: float, count: int) -> str:
-    if pd.isna(mean):
-        return "n/a"
-    if 0 < abs(mean) < 1:  # small figures (GMACs of small nets): four significant digits
-        text, spread = f"{mean:.4g}", f"{std:.2g}" if count > 1 and not pd.isna(std) else ""
-        return f"{text} ± {spread}" if spread else text
-    digits = 0 if abs(mean) >= 1e5 else 3 if abs(mean) < 10 else 2
-    if count < 2 or pd.isna(std):
-        return f"{mean:,.{digits}f}"
-    return f"{mean:,.{digits}f} ± {std:,.{digits}f}"
+                    tablefmt="github", showindex=False,
+                    disable_numparse=True)
 
 
 def summary_table(records: list[dict[str, Any]], methods: list[str] | None = None) -> str:
@@ -78,7 +68,7 @@ def summary_table(records: list[dict[str, Any]], methods: list[str] | None = Non
             if len(values):
                 unit = values["unit"].iloc[0]
                 label = header if unit in header else f"{header} ({unit})"
-                row[label] = format_mean_std(values["value"].mean(),
-                                                            values["value"].std(), len(values))
+                row[label] = mean_std(values["value"].tolist(), unit)
         rows.append(row)
-    return tabulate(pd.DataFrame(rows).fillna(""), headers="keys", tablefmt="github", showindex=False)
+    return tabulate(pd.DataFrame(rows).fillna(""), headers="keys", tablefmt="github", showindex=False,
+                    disable_numparse=True)

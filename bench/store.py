@@ -5,6 +5,7 @@ in progress and the file is never left half-written.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -83,8 +84,10 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """The commit of the checkout bench runs from, or "unknown" outside a git checkout."""
+    """The commit of the checkout bench runs from, or "unknown" outside a git checkout (asked
+    once per process)."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=5, cwd=Path(__file__).resolve().parent)
