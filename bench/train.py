@@ -33,10 +33,6 @@ class History:
     seconds: float = 0.0  # time in training steps only (per-epoch evaluation excluded)
     images: int = 0
 
-    @property
-    def images_per_second(self) -> float:
-        return self.images / self.seconds if self.seconds else 0.0
-
 
 def lr_factor(recipe: Recipe, epoch: float) -> float:
     """Multiplier of the base learning rate at a (fractional) epoch: linear warm-up, then schedule."""
