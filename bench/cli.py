@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from bench.errors import BenchError
-from bench.registry import (BACKBONES, DATASETS, METHODS, PRESETS, TASKS, load_all, parse_spec,
-                            split_specs)
+from bench.registry import (BACKBONES, DATASETS, METHODS, PRESETS, TASKS, format_value, load_all,
+                            parse_spec, split_specs)
 
 
 class Parser(argparse.ArgumentParser):
@@ -133,7 +133,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                             ("presets", PRESETS), ("tasks", TASKS)):
         print(f"{title}:")
         for entry in registry:
-            options = ", ".join(f"{k}={v}" for k, v in entry.defaults.items())
+            # written as a user types them: true/false, lists as a+b, an empty default as none
+            options = ", ".join(f"{k}={format_value(v) or 'none'}" for k, v in entry.defaults.items())
             aliases = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
             print(f"  {entry.name:<16} {entry.description}{aliases}")
             if options and registry is not PRESETS:

@@ -138,6 +138,8 @@ def coerce_option(kind: str, name: str, key: str, text: str, default: Any) -> An
         except ValueError:
             raise BenchError(f"{where}: expected a number") from None
     if isinstance(default, tuple):
+        if text.lower() == "none":  # the empty list, as `bench list` shows an empty default
+            return ()
         parts = [p for p in text.split("+") if p.strip()]
         if not parts:
             raise BenchError(f"{where}: expected a list written a+b+c")

@@ -23,6 +23,7 @@ def test_option_types_are_parsed():
     spec = parse_spec(reg, "x[n=3,f=1e-4,b=yes,s=zz,t=4+5+6]")
     assert spec.kwargs == {"n": 3, "f": 1e-4, "b": True, "s": "zz", "t": (4, 5, 6)}
     assert str(spec) == "x[b=true,f=0.0001,n=3,s=zz,t=4+5+6]"
+    assert parse_spec(reg, "x[t=none]").kwargs["t"] == ()  # the empty list, as `bench list` shows it
 
 
 @pytest.mark.parametrize("text, message", [
