@@ -1,5 +1,18 @@
-"""bench: attention mechanisms for CNN classifiers compared on equal terms."""
-from bench.api import build_model, list_methods
+"""bench: attention mechanisms for CNN classifiers compared on equal terms.
+
+``bench.run`` trains and measures a suite, ``bench.profile`` measures cost, ``bench.build_model``
+builds one method's network; they are imported on first use, so that ``import bench.registry``
+(or any other leaf module) loads nothing else.
+"""
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["build_model", "list_methods", "__version__"]
+__all__ = ["build_model", "list_methods", "profile", "run", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from bench import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'bench' has no attribute {name!r}")

@@ -1,10 +1,28 @@
-"""The public Python entry points: build a method's network on a backbone by name."""
+"""The public Python entry points: build a method's network, run a suite, profile methods.
+
+Every argument naming something registered takes its text (``"se[r=8]"``) or a parsed ``Spec``.
+Bad input raises ``BenchError`` whose ``param`` names the argument at fault (the CLI shows the
+matching flag instead).
+"""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
+import torch
+
+from bench.errors import BenchError
 from bench.methods.base import MethodNet
-from bench.registry import BACKBONES, METHODS, Spec, format_value, load_all, parse_spec
+from bench.plugins import load_all
+from bench.registry import (BACKBONES, DATASETS, METHODS, TASKS, Registry, Spec, format_value,
+                            parse_spec, split_specs)
+
+if TYPE_CHECKING:
+    from bench.report import ReportFiles
+    from bench.suite import RunOutcome
+
+SpecLike = str | Spec
 
 
 def _with_options(text: str, options: dict[str, Any]) -> str:
@@ -19,6 +37,39 @@ def _with_options(text: str, options: dict[str, Any]) -> str:
     return f"{head}[{inner.strip() + ',' if inner.strip() else ''}{extra}]"
 
 
+def as_spec(registry: Registry, value: SpecLike, param: str) -> Spec:
+    """``value`` parsed against ``registry`` (a Spec of the right kind passes through)."""
+    if isinstance(value, Spec):
+        if value.kind != registry.kind:
+            raise BenchError(f"{param}: expected a {registry.kind} spec, got a {value.kind} spec",
+                             param)
+        return value
+    try:
+        return parse_spec(registry, str(value))
+    except BenchError as error:
+        raise BenchError(f"{param}: {error}", param) from None
+
+
+def as_specs(registry: Registry, values: Optional[SpecLike | Iterable[SpecLike]],
+             param: str) -> list[Spec]:
+    """A list of specs from one text (``"a,b[x=1]"``), Specs, or an iterable of either; None or
+    nothing given is an empty list. An empty text (``""``, ``","``) is refused."""
+    if values is None:
+        return []
+    items = [values] if isinstance(values, (str, Spec)) else list(values)
+    specs = []
+    for item in items:
+        texts = [item] if isinstance(item, Spec) else split_specs(str(item))
+        if not texts:
+            raise BenchError(f"{param}: an empty name; valid: {', '.join(registry.names())}",
+                             param)
+        specs += [as_spec(registry, t, param) for t in texts]
+    if not specs and items:
+        raise BenchError(f"{param}: no {registry.kind} named; valid: "
+                         f"{', '.join(registry.names())}", param)
+    return specs
+
+
 def build_from_specs(method: Spec, backbone: Spec, num_classes: int, in_channels: int = 3) -> MethodNet:
     """Build ``method`` on ``backbone`` (both parsed specs) for ``num_classes`` classes."""
     make_backbone_entry = BACKBONES.get(backbone.name).obj
@@ -30,7 +81,7 @@ def build_from_specs(method: Spec, backbone: Spec, num_classes: int, in_channels
     return METHODS.get(method.name).obj(make_backbone, num_classes, **method.kwargs)
 
 
-def build_model(method: str, backbone: str, num_classes: int, in_channels: int = 3,
+def build_model(method: SpecLike, backbone: SpecLike, num_classes: int, in_channels: int = 3,
                 **options: Any) -> MethodNet:
     """A method's training network, e.g. ``build_model("se", "resnet50", 1000, r=8)``.
 
@@ -38,11 +89,136 @@ def build_model(method: str, backbone: str, num_classes: int, in_channels: int =
     added to the method's. ``.deploy()`` on the result gives the inference network.
     """
     load_all()
-    method_spec = parse_spec(METHODS, _with_options(method, options))
-    return build_from_specs(method_spec, parse_spec(BACKBONES, backbone), num_classes, in_channels)
+    if options:
+        method = _with_options(str(method), options)
+    return build_from_specs(as_spec(METHODS, method, "method"),
+                            as_spec(BACKBONES, backbone, "backbone"), num_classes, in_channels)
 
 
 def list_methods() -> list[str]:
     """Names of every registered method, in registration order."""
     load_all()
     return METHODS.names()
+
+
+@dataclass
+class SuiteResult:
+    """What ``bench.run`` did: each run's outcome, the stored records of this suite's runs (one
+    per metric and seed, as ``bench results`` lists them), and where the store and report are."""
+
+    outcomes: list["RunOutcome"]
+    records: list[dict[str, Any]]
+    store: Path
+    report: Optional["ReportFiles"] = None
+
+    @property
+    def failed(self) -> list["RunOutcome"]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+def _tasks(tasks: Optional[SpecLike | Iterable[SpecLike]], wsol_options: dict[str, Any]) -> list[Spec]:
+    """Task specs (default: every task), with the WSOL shorthands applied to the wsol spec."""
+    specs = as_specs(TASKS, tasks, "tasks") if tasks is not None else [
+        parse_spec(TASKS, name) for name in TASKS.names()]
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise BenchError(f"tasks: each task once, got {', '.join(map(str, specs))}", "tasks")
+    given = {k: v for k, v in wsol_options.items() if v is not None}
+    if given:
+        if "wsol" not in names:
+            raise BenchError(f"{next(iter(given))} applies to the wsol task, which is not among "
+                             f"the tasks ({', '.join(names)})", next(iter(given)))
+        i = names.index("wsol")
+        specs[i] = parse_spec(TASKS, _with_options(str(specs[i]), given))
+    for spec in specs:
+        TASKS.get(spec.name).obj.check(spec.kwargs)
+    return specs
+
+
+def run(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, preset: str = "quick",
+        dataset: Optional[SpecLike] = None, backbone: Optional[SpecLike] = None,
+        tasks: Optional[SpecLike | Sequence[SpecLike]] = None, out: str | Path = "reports",
+        device: str | torch.device = "auto", data_root: Optional[str | Path] = None,
+        download: bool = False, jobs: int = 1, threads: Optional[int] = None,
+        retry_failed: bool = False, progress: bool = True, report: bool = True,
+        save_scoremaps: Optional[str | Path] = None, cam_curve_interval: Optional[float] = None,
+        **recipe: Any) -> SuiteResult:
+    """Train and measure ``methods`` (default: all) under ``preset``, store every result under
+    ``out`` and write the report there; what ``python -m bench run`` does, minus printing.
+
+    ``recipe`` overrides single fields of the preset's recipe (``epochs=3``, ``lr=0.05``,
+    ``seeds=3``, ``cutmix=0.5``, ...). ``save_scoremaps`` and ``cam_curve_interval`` are shorthands
+    for the wsol task's options. A rerun skips everything already stored.
+    """
+    from bench.device import resolve_device
+    from bench.presets import PRESETS
+    from bench.store import Store
+    from bench.suite import SuiteConfig, run_suite
+
+    load_all()
+    preset_entry = PRESETS.get(preset)
+    config = preset_entry.obj.replace(**recipe)
+    method_specs = as_specs(METHODS, methods, "methods") if methods is not None else [
+        parse_spec(METHODS, name) for name in METHODS.names()]
+    for name, value in (("jobs", jobs), ("threads", threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise BenchError(f"{name} must be a positive integer, got {value!r}", name)
+    cfg = SuiteConfig(
+        methods=method_specs,
+        backbone=as_spec(BACKBONES, backbone or config.backbone, "backbone"),
+        dataset=as_spec(DATASETS, dataset or config.dataset, "dataset"),
+        recipe=config, preset=preset_entry.name,
+        tasks=_tasks(tasks, {"save_scoremaps": save_scoremaps,
+                             "cam_curve_interval": cam_curve_interval}),
+        out_dir=Path(out), device=resolve_device(device), data_root=_path(data_root),
+        download=download, retry_failed=retry_failed, progress=progress, jobs=jobs,
+        threads=threads)
+    for spec in method_specs:  # every option checked before the store is touched
+        with torch.device("meta"):
+            build_from_specs(spec, cfg.backbone, num_classes=2)
+    Store(cfg.store_path).close()  # refuse an unusable store before any work
+    outcomes = run_suite(cfg)
+    from bench.distributed import is_main_process
+
+    if not is_main_process():  # torchrun: the other ranks only helped train
+        return SuiteResult(outcomes, [], cfg.store_path)
+    store = Store(cfg.store_path, create=False)
+    try:
+        records = [r for r in store.records() if r["dataset"] == str(cfg.dataset)
+                   and r["backbone"] == str(cfg.backbone)]
+    finally:
+        store.close()
+    files = None
+    if report:
+        from bench.report import write_report
+
+        files = write_report(cfg.out_dir)
+    return SuiteResult(outcomes, records, cfg.store_path, files)
+
+
+def _path(value: Optional[str | Path]) -> Optional[Path]:
+    return None if value is None else Path(value)
+
+
+def profile(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
+            backbone: SpecLike = "resnet50", input_size: int = 224, num_classes: int = 1000,
+            in_channels: int = 3, batch_size: int = 8, device: str | torch.device = "cpu",
+            train_step: bool = False, threads: Optional[int] = None, channels_last: bool = False,
+            amp: str = "none", compile: bool = False, latency: bool = True) -> list[dict[str, Any]]:
+    """Cost figures of ``methods`` (default: all) on ``backbone``: one row per method with
+    parameters, GMACs (three conventions), memory traffic, saved activations, latency and, with
+    ``train_step``, the training-step time against gap-fc; what ``bench profile`` prints."""
+    from bench.device import resolve_device
+    from bench.profiling.profile import profile_methods
+
+    load_all()
+    specs = as_specs(METHODS, methods, "methods") if methods is not None else [
+        parse_spec(METHODS, name) for name in METHODS.names()]
+    for name, value in (("input_size", input_size), ("num_classes", num_classes),
+                        ("in_channels", in_channels), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BenchError(f"{name} must be a positive integer, got {value!r}", name)
+    return profile_methods(specs, as_spec(BACKBONES, backbone, "backbone"), input_size,
+                           num_classes, in_channels, batch_size, resolve_device(device),
+                           train_step, threads, channels_last=channels_last, amp=amp,
+                           compile_mode="default" if compile else None, latency=latency)

@@ -1,20 +1,20 @@
 """Command line: ``python -m bench run | list | results | profile | report | check | evaluate-wsol``.
-library, print.
+Each command parses its flags, calls the Python API and prints.
 
-Bad input (a BenchError, or an argparse error) prints one line ``error: ...`` and exits with 2.
+Bad input (a BenchError, or an argparse error) prints one line ``error: ...`` and exits with 2; a
+library error that names a parameter is shown with the flag that sets it.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
 from bench.errors import BenchError
-from bench.registry import (BACKBONES, DATASETS, METHODS, PRESETS, TASKS, format_value, load_all,
-                            parse_spec, split_specs)
+from bench.plugins import load_all
+from bench.registry import BACKBONES, DATASETS, METHODS, PRESETS, TASKS, format_value
 
 
 class Parser(argparse.ArgumentParser):
@@ -45,6 +45,11 @@ def writable_dir(path: Path) -> Path:
     return path
 
 
+# Recipe fields that `run` sets from flags of the same name (None: the preset's value).
+RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "schedule", "warmup_epochs",
+                "nesterov", "cutmix", "seeds", "amp", "channels_last", "compile")
+
+
 def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="train and measure methods; results go to the store under --out")
     p.add_argument("--methods", nargs="+", default=None, metavar="SPEC",
@@ -67,13 +72,16 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", default=None, help="mixed precision in training: none, bf16 or fp16")
     p.add_argument("--channels-last", action="store_true", default=None)
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the backbone")
-    p.add_argument("--tasks", nargs="+", default=None, help="tasks to run (default: all)")
+    p.add_argument("--tasks", nargs="+", default=None, metavar="SPEC",
+                   help="tasks to run, with options, e.g. accuracy wsol[classic_box_rule=all] "
+                        "(default: all)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, default=Path("reports"), help="store and reports directory")
     p.add_argument("--save-scoremaps", type=Path, default=None, metavar="DIR",
-                   help="wsol: also write each run's test score maps and metadata under DIR")
+                   help="shorthand for wsol[save_scoremaps=DIR]: also write each run's test "
+                        "score maps and metadata under DIR")
     p.add_argument("--cam-curve-interval", type=float, default=None,
-                   help="wsol: threshold step of the tau sweep (default 0.01)")
+                   help="shorthand for wsol[cam_curve_interval=X]: the tau sweep's step (0.01)")
     p.add_argument("--jobs", type=positive_int, default=1,
                    help="parallel processes for independent (method, seed) runs")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
@@ -82,50 +90,26 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_run)
 
 
-def resolve_names(registry, items: Optional[list[str]]) -> list:
-    texts = [s for item in (items or []) for s in split_specs(item)]
-    return [parse_spec(registry, t) for t in texts]
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.report import write_report
-    from bench.results import summary_table
-    from bench.store import Store
-    from bench.suite import STORE_NAME, SuiteConfig, resolve_device, run_suite
+    import bench
+    from bench.report.results import summary_table
 
-    preset = PRESETS.get(args.preset)
-    recipe = preset.obj.replace(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                weight_decay=args.weight_decay, schedule=args.schedule,
-                                warmup_epochs=args.warmup_epochs, nesterov=args.nesterov,
-                                cutmix=args.cutmix, seeds=args.seeds, amp=args.amp,
-                                channels_last=args.channels_last, compile=args.compile)
-    methods = resolve_names(METHODS, args.methods) or [parse_spec(METHODS, n) for n in METHODS.names()]
-    tasks = [TASKS.get(t).name for item in (args.tasks or []) for t in split_specs(item)] or TASKS.names()
-    dataset = parse_spec(DATASETS, args.dataset or recipe.dataset)
-    backbone = parse_spec(BACKBONES, args.backbone or recipe.backbone)
-    out = writable_dir(args.out)
-    wsol_options = {k: v for k, v in (("save_scoremaps", args.save_scoremaps),
-                                      ("cam_curve_interval", args.cam_curve_interval)) if v is not None}
-    cfg = SuiteConfig(methods=methods, backbone=backbone, dataset=dataset, recipe=recipe,
-                      preset=preset.name, tasks=tasks, out_dir=out, device=resolve_device(args.device),
-                      data_root=args.data_root, download=args.download,
-                      retry_failed=args.retry_failed, progress=not args.no_progress,
-                      jobs=args.jobs, threads=args.threads, task_options={"wsol": wsol_options})
-    Store(out / STORE_NAME).close()  # refuse a non-SQLite store before any work
-    outcomes = run_suite(cfg)
-    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 reports
+    recipe = {name: getattr(args, name) for name in RECIPE_FLAGS}
+    result = bench.run(args.methods, preset=args.preset, dataset=args.dataset,
+                       backbone=args.backbone, tasks=args.tasks, out=writable_dir(args.out),
+                       device=args.device, data_root=args.data_root, download=args.download,
+                       jobs=args.jobs, threads=args.threads, retry_failed=args.retry_failed,
+                       progress=not args.no_progress, save_scoremaps=args.save_scoremaps,
+                       cam_curve_interval=args.cam_curve_interval, **recipe)
+    if result.report is None:  # torchrun: rank 0 reports
         return 0
-    for o in outcomes:
-        if o.status == "failed":
-            print(f"FAILED {o.method} seed {o.seed}: {o.reason}", file=sys.stderr)
-    store = Store(out / STORE_NAME, create=False)
-    records = [r for r in store.records() if r["dataset"] == str(dataset)
-               and r["backbone"] == str(backbone)]
-    store.close()
-    print(summary_table(records, [str(m) for m in methods]))
-    print(f"\nstore: {out / STORE_NAME}")
-    print(f"report: {write_report(out).html}")
-    return 1 if any(o.status == "failed" for o in outcomes) else 0
+    for o in result.failed:
+        print(f"FAILED {o.method} seed {o.seed}: {o.reason}", file=sys.stderr)
+    methods = list(dict.fromkeys(o.method for o in result.outcomes))
+    print(summary_table(result.records, methods))
+    print(f"\nstore: {result.store}")
+    print(f"report: {result.report.html}")
+    return 1 if result.failed else 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -144,13 +128,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from bench.results import long_table, to_csv, to_json
+    from bench.report.results import long_table, to_csv, to_json
     from bench.store import Store
-    from bench.suite import STORE_NAME
 
-    store = Store(args.out / STORE_NAME, create=False)
-    records = store.records()
-    store.close()
+    store = Store(args.out / "results.sqlite", create=False)
+    try:
+        records = store.records()
+    finally:
+        store.close()
     print({"table": long_table, "csv": to_csv, "json": to_json}[args.format](records))
     return 0
 
@@ -160,10 +145,6 @@ def cmd_evaluate_wsol(args: argparse.Namespace) -> int:
 
     from bench.tasks.wsol import evaluate_wsol
 
-    if not 0 < args.cam_curve_interval < 1:
-        raise BenchError(f"--cam-curve-interval must lie in (0, 1), got {args.cam_curve_interval}")
-    if any(not 0 < t <= 100 for t in args.iou_thresholds):
-        raise BenchError(f"--iou-thresholds are percentages in (0, 100], got {args.iou_thresholds}")
     result = evaluate_wsol(args.metadata, args.scoremaps, args.cam_curve_interval,
                            multi_contour=not args.largest_contour,
                            iou_thresholds=tuple(args.iou_thresholds))
@@ -188,32 +169,26 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     from tabulate import tabulate
 
-    from bench.profiling import profile_methods
-    from bench.suite import resolve_device
+    import bench
+    from bench.metrics import METRICS
 
-    methods = [str(m) for m in resolve_names(METHODS, args.methods)] or METHODS.names()
-    backbone = str(parse_spec(BACKBONES, args.backbone))
-    device = resolve_device(args.device)
-    amp = {"bf16": "bfloat16", "fp16": "float16", None: None}.get(args.amp, args.amp)
-    rows = profile_methods(methods, backbone, args.input_size, args.num_classes, args.in_channels,
-                           args.batch_size, str(device), args.train_step, args.threads,
-                           channels_last=args.channels_last, amp_dtype=amp,
-                           compile_mode="default" if args.compile else None)
+    rows = bench.profile(args.methods, backbone=args.backbone, input_size=args.input_size,
+                         num_classes=args.num_classes, in_channels=args.in_channels,
+                         batch_size=args.batch_size, device=args.device,
+                         train_step=args.train_step, threads=args.threads,
+                         channels_last=args.channels_last, amp=args.amp or "none",
+                         compile=args.compile)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
-    columns = [("method", "method"), ("params", "params"), ("params_added", "params added"),
-               ("gmacs", "GMACs (fvcore)"), ("gmacs_all", "GMACs (all ops)"),
-               ("gmacs_train", "GMACs (train)"), ("memory_access_mb", "memory access (MB)"),
-               ("saved_activations_mb", "saved activations (MB)"),
-               ("latency_ms", "latency b=1 (ms)"), ("train_step_ratio", "train step (x gap-fc)")]
-    table = [[row.get(key, "") for key, _ in columns] for row in rows]
-    print(tabulate(table, headers=[h for _, h in columns], tablefmt="github", floatfmt=".4g",
-                   intfmt=","))
+    shown = [m for m in METRICS if m.task == "cost" and any(m.name in row for row in rows)]
+    headers = ["method"] + [m.header() for m in shown]
+    table = [[row["method"]] + [row.get(m.name, "") for m in shown] for row in rows]
+    print(tabulate(table, headers=headers, tablefmt="github", floatfmt=".4g", intfmt=","))
     first = rows[0]
-    print(f"\n{backbone}, {args.input_size}x{args.input_size}, {args.num_classes} classes; "
-          f"device {first.get('device')}, threads {first.get('threads')}, batch {args.batch_size}, "
-          f"dtype {first.get('dtype', 'float32')}")
+    print(f"\n{first['backbone']}, {args.input_size}x{args.input_size}, {args.num_classes} classes; "
+          f"device {first.get('device')}, threads {first.get('threads')}, batch {args.batch_size} "
+          f"(latency also at batch 1), dtype {first.get('dtype', 'float32')}")
     return 0
 
 
@@ -287,14 +262,34 @@ def build_parser() -> Parser:
     return parser
 
 
+def flag_message(error: BenchError, argv: list[str]) -> str:
+    """The error's text with a leading parameter name shown as the command's flag for it
+    (``epochs must be ...`` -> ``--epochs must be ...``) when the command has that flag."""
+    text = str(error)
+    param = error.param
+    if param and text.startswith(param):
+        flag = "--" + param.replace("_", "-")
+        if _has_flag(argv, flag):
+            return flag + text[len(param):]
+    return text
+
+
+def _has_flag(argv: list[str], flag: str) -> bool:
+    """Whether the command named in ``argv`` defines ``flag``."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    sub = build_parser()._subparsers._group_actions[0].choices.get(command)  # type: ignore[union-attr]
+    return sub is not None and flag in sub._option_string_actions
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         load_all()
         args = build_parser().parse_args(argv)
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {flag_message(e, argv)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into a reader that closed early (| head)
         sys.stderr.close()
@@ -303,5 +298,3 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("interrupted: completed runs are stored; rerun the same command to resume",
               file=sys.stderr)
         return 130
-
-

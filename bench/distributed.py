@@ -45,6 +45,11 @@ def init_from_env() -> Optional[Dist]:
     return Dist(dist.get_rank(), dist.get_world_size())
 
 
+def is_main_process() -> bool:
+    """False on the torchrun ranks other than 0 (they help train; rank 0 measures and reports)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def local_device() -> torch.device:
     """The device of this torchrun process: its own GPU (LOCAL_RANK), else the CPU."""
     if torch.cuda.is_available():

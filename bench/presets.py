@@ -3,11 +3,15 @@ command-line flags override single fields."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
+from bench.device import amp_dtype
 from bench.errors import BenchError
 from bench.registry import PRESETS
+
+SCHEDULES = ("cosine", "step")
 
 
 @dataclass(frozen=True)
@@ -35,26 +39,39 @@ class Recipe:
     compile: bool = False  # torch.compile the backbone (in place; state-dict keys unchanged)
 
     def replace(self, **changes: Any) -> "Recipe":
-        """A copy with ``changes`` applied (``None`` values ignored), validated."""
+        """A copy with ``changes`` applied (``None`` values ignored), validated; an unknown field
+        is a BenchError naming the valid ones."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - fields)
+        if unknown:
+            raise BenchError(f"{unknown[0]} is not a recipe setting; valid: "
+                             f"{', '.join(sorted(fields))}", unknown[0])
         recipe = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
         recipe.validate()
         return recipe
 
     def validate(self) -> None:
+        """Every field in range; a BenchError naming the field otherwise."""
         for name in ("epochs", "batch_size", "seeds", "eval_batch_size"):
-            if getattr(self, name) <= 0:
-                raise BenchError(f"--{name.replace('_', '-')} must be a positive integer, "
-                                 f"got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise BenchError(f"--lr must be positive, got {self.lr}")
-        if self.schedule not in ("cosine", "step"):
-            raise BenchError(f"--schedule must be cosine or step, got {self.schedule!r}")
-        if not 0.0 <= self.cutmix <= 1.0:
-            raise BenchError(f"--cutmix is a probability in [0, 1], got {self.cutmix}")
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise BenchError(f"--amp must be none, bf16 or fp16, got {self.amp!r}")
-        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
-            raise BenchError(f"--warmup-epochs must be in [0, epochs), got {self.warmup_epochs}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise BenchError(f"{name} must be a positive integer, got {value!r}", name)
+        for name, low in (("lr", 0.0), ("weight_decay", 0.0), ("momentum", 0.0), ("gamma", 0.0)):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise BenchError(f"{name} must be a finite number, got {value!r}", name)
+            if value < low or (name == "lr" and value == 0):
+                bound = "positive" if name == "lr" else f">= {low:g}"
+                raise BenchError(f"{name} must be {bound}, got {value!r}", name)
+        if self.schedule not in SCHEDULES:
+            raise BenchError(f"schedule must be one of {', '.join(SCHEDULES)}, got "
+                             f"{self.schedule!r}", "schedule")
+        if not (isinstance(self.cutmix, (int, float)) and 0.0 <= self.cutmix <= 1.0):
+            raise BenchError(f"cutmix is a probability in [0, 1], got {self.cutmix!r}", "cutmix")
+        amp_dtype(self.amp)
+        if not isinstance(self.warmup_epochs, int) or not 0 <= self.warmup_epochs < self.epochs:
+            raise BenchError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs!r}",
+                             "warmup_epochs")
 
 
 PRESETS.add("smoke", Recipe(epochs=3, batch_size=64, lr=0.05),

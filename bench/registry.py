@@ -5,8 +5,6 @@ entry and overrides some of its declared options, like pip extras.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -108,6 +106,9 @@ class Spec:
 
 
 def format_value(value: Any) -> str:
+    """An option value as a user types it: true/false, lists as a+b+c, None as none."""
+    if value is None:
+        return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
@@ -192,19 +193,3 @@ def split_specs(text: str) -> list[str]:
             current += ch
     items.append(current)
     return [i.strip() for i in items if i.strip()]
-
-
-def import_submodules(package: str, path: list[str]) -> None:
-    """Import every module of a package (but ``base``), so that each registers its entries."""
-    for info in pkgutil.iter_modules(path):
-        if info.name != "base" and not info.name.startswith("_"):
-            importlib.import_module(f"{package}.{info.name}")
-
-
-def load_all() -> None:
-    """Import every module that registers entries (methods, backbones, datasets, tasks, presets)."""
-    import bench.data  # noqa: F401
-    import bench.methods  # noqa: F401
-    import bench.models  # noqa: F401
-    import bench.presets  # noqa: F401
-    import bench.tasks  # noqa: F401

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import sqlite3
 import subprocess
 import time
@@ -186,6 +185,15 @@ class Store:
                               (run_id, task)).fetchone()
         return row["status"] if row else None
 
+    def task_reason(self, run_id: int, task: str) -> Optional[str]:
+        row = self.db.execute("SELECT reason FROM task_runs WHERE run_id = ? AND task = ?",
+                              (run_id, task)).fetchone()
+        return row["reason"] if row else None
+
+    def run_reason(self, run_id: int) -> Optional[str]:
+        row = self.db.execute("SELECT reason FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return row["reason"] if row else None
+
     def record_task(self, run_id: int, task: str, result: TaskResult, status: str = "complete",
                     reason: Optional[str] = None) -> None:
         """Replace the task's metrics and curves and mark it, all in one transaction."""
@@ -227,17 +235,3 @@ class Store:
     def task_runs(self) -> list[dict[str, Any]]:
         return [dict(r, artifacts=json.loads(r["artifacts"] or "{}")) for r in
                 self.db.execute("SELECT * FROM task_runs ORDER BY run_id, task").fetchall()]
-
-
-def checkpoint_path(out_dir: Path, digest: str) -> Path:
-    return Path(out_dir) / "checkpoints" / f"{digest}.pt"
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a truncated checkpoint."""
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)

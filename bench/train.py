@@ -1,8 +1,9 @@
 """The training loop shared by every method: SGD, warm-up + cosine/step schedule, optional CutMix,
 per-epoch curves, and failure on a NaN or diverging loss.
 
-The loop is deliberately as lean as a hand-written one (see tests/bench_trainer.py): batches come
-from in-memory tensors, the loss is read back only every ``check_every`` steps.
+The loop is deliberately as lean as a hand-written one (benchmarks/trainer_speed.py measures it
+against one): batches come from in-memory tensors, the loss is read back only every
+``check_every`` steps.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 
 from bench import distributed
 from bench.data.base import DataBundle, Split
+from bench.device import autocast
 from bench.errors import BenchError, RunFailed
 from bench.methods.base import Batch, MethodNet
 from bench.presets import Recipe
@@ -46,30 +48,18 @@ def lr_factor(recipe: Recipe, epoch: float) -> float:
 
 def make_batch(x: torch.Tensor, y: torch.Tensor, prob: float,
                generator: torch.Generator) -> Batch:
-    """A training batch; with probability ``prob`` a CutMix batch (Yun et al. 2019): a box of area
-    fraction ~ U(0, 1) from a shuffled copy ``x_a`` pasted into ``x`` (lam = exact pasted fraction)."""
+    """A training batch; with probability ``prob`` a CutMix batch: a box of area fraction
+    ~ U(0, 1) (beta(1, 1)) from a shuffled copy of the batch pasted into it."""
     if prob <= 0 or torch.rand(1, generator=generator).item() >= prob:
         return Batch(x, y)
-    b, _, h, w = x.shape
-    perm = torch.randperm(b, generator=generator).to(x.device)
+    _, _, h, w = x.shape
+    perm = torch.randperm(len(y), generator=generator).to(x.device)
     cut = math.sqrt(torch.rand(1, generator=generator).item())  # side ratio; area ~ U(0, 1)
     ch, cw = int(h * cut), int(w * cut)
     cy = int(torch.randint(h, (1,), generator=generator))
     cx = int(torch.randint(w, (1,), generator=generator))
-    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
-    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
-    mask = torch.zeros(1, 1, h, w, device=x.device, dtype=x.dtype)
-    mask[..., y0:y1, x0:x1] = 1
-    x_a = x[perm]
-    mixed = mask * x_a + (1 - mask) * x
-    lam = (y1 - y0) * (x1 - x0) / (h * w)
-    return Batch(mixed, y, y_a=y[perm], lam=lam, mask=mask.expand(b, 1, h, w), x_a=x_a)
-
-
-def autocast(recipe: Recipe, device: torch.device):
-    """The recipe's mixed-precision context for the training forward pass (a no-op for none)."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.amp)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    box = (max(cy - ch // 2, 0), min(cy + ch // 2, h), max(cx - cw // 2, 0), min(cx + cw // 2, w))
+    return Batch.cutmix(x, y, x[perm], y[perm], box)
 
 
 def prepare_model(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
@@ -151,7 +141,7 @@ def train(model: MethodNet, data: DataBundle, recipe: Recipe, seed: int, device:
                                            device=device, shard=(rank, world)):
                 if recipe.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with autocast(recipe, device):
+                with autocast(device, recipe.amp):
                     out = model.training_loss(make_batch(x, y, recipe.cutmix, generator))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(out.loss).backward()

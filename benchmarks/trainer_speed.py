@@ -18,7 +18,8 @@ import torch
 
 from bench.api import build_from_specs
 from bench.presets import PRESETS
-from bench.registry import BACKBONES, DATASETS, METHODS, load_all, parse_spec
+from bench.plugins import load_all
+from bench.registry import BACKBONES, DATASETS, METHODS, parse_spec
 from bench.suite import load_dataset
 from bench.train import train
 

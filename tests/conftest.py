@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from bench.data.base import Augment, DataBundle, TensorSplit
-from bench.registry import DATASETS, load_all
+from bench.plugins import load_all
+from bench.registry import DATASETS
 
 load_all()
 

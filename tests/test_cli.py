@@ -68,7 +68,17 @@ def test_list_shows_every_registry(capsys):
     (["run", "--tasks", "speed"], "unknown task 'speed'; valid:"),
     (["run", "--epochs", "0"], "expected a positive integer, got 0"),
     (["run", "--seeds", "-1"], "expected a positive integer, got -1"),
-    (["run", "--device", "tpu"], "unknown --device 'tpu'"),
+    (["run", "--device", "tpu"], "--device 'tpu' is not a device; valid: auto, cpu"),
+    (["run", "--lr", "nan"], "--lr must be a finite number, got nan"),
+    (["run", "--weight-decay", "-1"], "--weight-decay must be >= 0, got -1.0"),
+    (["run", "--methods", ""], "--methods: an empty name; valid: gap-fc"),
+    (["run", "--methods", ","], "--methods: an empty name; valid: gap-fc"),
+    (["run", "--tasks", "wsol[classic_box_rule=none]"], "classic_box_rule='none'; valid: all, largest"),
+    (["run", "--tasks", "accuracy", "--cam-curve-interval", "0.1"],
+     "--cam-curve-interval applies to the wsol task"),
+    (["run", "--cam-curve-interval", "7"], "cam_curve_interval must lie in (0, 1), got 7"),
+    (["run", "--methods", "se[r=0]"], "option r (reduction ratio) must be >= 1"),
+    (["run", "--backbone", "resnet8[shortcut=C]"], "shortcut must be A (zero-pad) or B"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
@@ -122,4 +132,4 @@ def test_module_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bench", "run", "--methods", "bogus"],
                           capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: unknown method 'bogus'")
+    assert proc.stderr.startswith("error: --methods: unknown method 'bogus'")

@@ -9,7 +9,7 @@ from bench.errors import BenchError
 from bench.presets import Recipe
 from bench.registry import BACKBONES, METHODS, TASKS, parse_spec
 from bench.tasks.base import Metric, RunContext
-from bench.tasks.cost import CostTask, task_options  # importing it registers the task
+from bench.tasks.cost import CostTask  # importing it registers the task
 
 
 def tiny_data(size: int = 24, channels: int = 1, classes: int = 3) -> DataBundle:
@@ -19,11 +19,13 @@ def tiny_data(size: int = 24, channels: int = 1, classes: int = 3) -> DataBundle
     return DataBundle("tiny", classes, channels, size, split, split)
 
 
-def context(tmp_path, options: dict, cutmix: float = 0.0) -> RunContext:
+def context(tmp_path, options: str, cutmix: float = 0.0) -> RunContext:
+    """A run context whose task options come from the spec ``cost[<options>]``."""
     return RunContext(method=parse_spec(METHODS, "gap-fc"),
                       backbone=parse_spec(BACKBONES, "resnet8"), data=tiny_data(),
                       recipe=Recipe(cutmix=cutmix), seed=0, device=torch.device("cpu"),
-                      out_dir=tmp_path, run_id=1, options=options)
+                      out_dir=tmp_path, run_id=1,
+                      options=parse_spec(TASKS, f"cost[{options}]").kwargs)
 
 
 def test_cost_is_a_registered_task_without_training():
@@ -32,8 +34,8 @@ def test_cost_is_a_registered_task_without_training():
 
 
 def test_cost_metrics_carry_units_and_settings(tmp_path):
-    options = {"batch_size": "3", "threads": "1", "pairs": "2", "min_run_time": "0.02"}
-    result = TASKS.get("cost").obj.run(context(tmp_path, options))
+    result = TASKS.get("cost").obj.run(
+        context(tmp_path, "batch_size=3,threads=1,pairs=2,min_run_time=0.02"))
     metrics = {m.name: m for m in result.metrics}
     assert all(isinstance(m, Metric) for m in result.metrics)
     assert {"params", "params_added", "gmacs", "gmacs_all", "gmacs_train", "memory_access_mb",
@@ -57,16 +59,20 @@ def test_cost_metrics_carry_units_and_settings(tmp_path):
 
 
 def test_cost_without_train_step(tmp_path):
-    options = {"batch_size": 2, "train_step": "false", "threads": 1, "min_run_time": 0.02}
-    result = TASKS.get("cost").obj.run(context(tmp_path, options, cutmix=1.0))
+    result = TASKS.get("cost").obj.run(
+        context(tmp_path, "batch_size=2,train_step=false,threads=1,min_run_time=0.02", cutmix=1.0))
     names = {m.name for m in result.metrics}
     assert "train_step_ms" not in names and "gmacs_train" in names
 
 
 def test_cost_options_are_parsed_and_checked():
-    assert task_options({"batch-size": "16", "train_step": "no"})["batch_size"] == 16
-    assert task_options({"train_step": "no"})["train_step"] is False
-    with pytest.raises(BenchError, match="unknown option"):
-        task_options({"batchsize": 4})
+    assert parse_spec(TASKS, "cost[batch_size=16,train_step=no]").kwargs["batch_size"] == 16
+    assert parse_spec(TASKS, "cost[train_step=no]").kwargs["train_step"] is False
+    with pytest.raises(BenchError, match="unknown option 'batchsize' for task 'cost'"):
+        parse_spec(TASKS, "cost[batchsize=4]")
     with pytest.raises(BenchError, match="integer"):
-        task_options({"batch_size": "many"})
+        parse_spec(TASKS, "cost[batch_size=many]")
+    task = TASKS.get("cost").obj
+    for bad in ("batch_size=0", "pairs=1", "threads=-1", "min_run_time=0", "amp=fp8"):
+        with pytest.raises(BenchError, match="task 'cost'"):
+            task.check(parse_spec(TASKS, f"cost[{bad}]").kwargs)

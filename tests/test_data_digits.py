@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from bench.data import digits_clutter as dc
 from bench.errors import BenchError
-from bench.registry import DATASETS, load_all, parse_spec
+from bench.plugins import load_all
+from bench.registry import DATASETS, parse_spec
 
 SMALL = dict(copies=1, eval_copies=1)  # fast variant for the loading and caching tests
 

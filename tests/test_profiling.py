@@ -12,15 +12,16 @@ import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+import bench
 from bench.errors import BenchError
 from bench.methods.base import BaselineDeploy, Batch, MethodNet, StepOutput
-from bench.profiling import (FIGURES, Workload, counted_figures, figure_settings, profile_methods,
-                             random_batch)
+from bench.profiling.profile import (FIGURES, Workload, counted_figures, figure_settings,
+                                     profile_methods, random_batch)
 from bench.profiling.flops import count_dispatched, count_traced
 from bench.profiling.latency import time_call, time_interleaved
 from bench.profiling.memory import (count_params, memory_access_bytes, saved_activation_bytes,
                                     tensor_bytes)
-from bench.registry import BACKBONES, METHODS, Entry
+from bench.registry import BACKBONES, METHODS, Entry, parse_spec
 
 
 class SELike(nn.Module):
@@ -90,7 +91,12 @@ def small_net(**hooks) -> MethodNet:
 
 STAND_INS = {"baseline": {}, "se": {"block_attn": SELike}, "cbam": {"block_attn": CBAMLike},
              "simam": {"conv_attn": SimAMLike}}
-WORK = Workload("resnet8", 3, 32, 10)
+RESNET8 = parse_spec(BACKBONES, "resnet8")
+WORK = Workload(RESNET8, 3, 32, 10)
+
+
+def specs(*names: str) -> list:
+    return [parse_spec(METHODS, n) for n in names]
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +299,7 @@ def test_cutmix_batch_is_a_cutmix_mix():
 def test_profile_rows_carry_figures_and_settings(monkeypatch):
     monkeypatch.setitem(METHODS._entries, "toy-aux",
                         Entry("toy-aux", lambda make, k: AuxHead(make(), k), "test stand-in"))
-    rows = profile_methods(["gap-fc", "toy-aux"], "resnet8", 32, 10, batch_size=2, threads=1,
+    rows = profile_methods(specs("gap-fc", "toy-aux"), RESNET8, 32, 10, batch_size=2, threads=1,
                            train_step=True, min_run_time=0.02, train_pairs=2)
     base, toy = rows
     assert base["params_added"] == toy["params_added"] == 0
@@ -313,7 +319,13 @@ def test_profile_rows_carry_figures_and_settings(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"device": "tpu"}, {"channels_last": True},
-                                    {"amp_dtype": "float16"}, {"compile_mode": "default"}])
+                                    {"amp": "fp16"}, {"amp": "float8"}, {"compile": True},
+                                    {"input_size": 0}, {"methods": "gap-fc[r=2]"}])
 def test_bad_settings_are_user_errors(kwargs):
-    with pytest.raises(BenchError):
-        profile_methods(["gap-fc"], "resnet8", 32, 10, **kwargs)
+    """Each bad setting is a BenchError naming its parameter (the CLI shows the flag)."""
+    args = {"methods": "gap-fc", "backbone": "resnet8", "input_size": 32, "num_classes": 10,
+            **kwargs}
+    with pytest.raises(BenchError) as error:
+        bench.profile(**args)
+    name = next(iter(kwargs))
+    assert error.value.param == name and str(error.value).startswith(name)

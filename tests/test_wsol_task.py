@@ -13,7 +13,8 @@ from torch import nn
 from bench import build_model
 from bench.data.base import DataBundle, TensorSplit
 from bench.presets import Recipe
-from bench.registry import BACKBONES, METHODS, TASKS, load_all, parse_spec
+from bench.plugins import load_all
+from bench.registry import BACKBONES, METHODS, TASKS, parse_spec
 from bench.tasks.base import RunContext
 from bench.tasks.wsol import evaluate_wsol, gallery_indices
 from bench.tasks.wsol_metrics import cam_thresholds, prepare_map, quantize
@@ -34,7 +35,7 @@ def context(data: DataBundle, model: nn.Module, out_dir: Path, **options) -> Run
     load_all()
     return RunContext(parse_spec(METHODS, "gap-fc"), parse_spec(BACKBONES, "resnet8"), data,
                       Recipe(eval_batch_size=4), 0, torch.device("cpu"), out_dir, 7, model,
-                      options=options)
+                      options={**TASKS.get("wsol").defaults, **options})
 
 
 def random_boxes_split(rng, n, k, size, prefix, with_masks=True):

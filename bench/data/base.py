@@ -17,6 +17,10 @@ from bench.errors import BenchError
 
 Options = TypeVar("Options")
 
+# torchvision's ImageNet normalisation, used by every dataset of natural RGB photographs.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 def parse_options(cls: type[Options], dataset: str, options: dict[str, Any]) -> Options:
     """A dataset's options dataclass from keyword options; unknown names are a BenchError, and the

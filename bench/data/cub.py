@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data.base import DataBundle, parse_options
+from bench.data.base import IMAGENET_MEAN, IMAGENET_STD, DataBundle, parse_options
 from bench.data.folder import FolderSplit, ImageOptions
 from bench.data.paths import data_dir, describe_root
 from bench.errors import BenchError
@@ -37,8 +37,6 @@ TABLES = {  # file -> its columns after the image id
     "train_test_split.txt": ("is_training_image",),
     "bounding_boxes.txt": ("x", "y", "width", "height"),
 }
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class CubOptions(ImageOptions):
     """The options of cub200 (its registry defaults): the image options, and the holdout size."""

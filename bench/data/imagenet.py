@@ -42,8 +42,7 @@ from typing import Optional, Sequence
 import numpy as np
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-from bench.data.base import DataBundle, parse_options
-from bench.data.cub import IMAGENET_MEAN, IMAGENET_STD
+from bench.data.base import IMAGENET_MEAN, IMAGENET_STD, DataBundle, parse_options
 from bench.data.folder import FolderSplit, ImageOptions
 from bench.data.metadata import CLASS_LABELS, IMAGE_IDS, WsolMetadata
 from bench.data.paths import data_dir, describe_root

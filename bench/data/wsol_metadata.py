@@ -32,8 +32,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from bench.data.base import DataBundle, parse_options
-from bench.data.cub import IMAGENET_MEAN, IMAGENET_STD
+from bench.data.base import IMAGENET_MEAN, IMAGENET_STD, DataBundle, parse_options
 from bench.data.folder import FolderSplit, ImageOptions
 from bench.data.metadata import (IMAGE_IDS, LOCALIZATION, WsolMetadata, read_labels, read_masks,
                                  read_metadata)

@@ -40,7 +40,7 @@ from torch import nn
 from bench.errors import BenchError
 from bench.methods.base import BackboneFactory, Batch, MethodNet, StepOutput
 from bench.models.common import Backbone, init_weights
-from bench.models.resnet_cifar import PadShortcut
+from bench.models.blocks import PadShortcut
 from bench.registry import METHODS
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.methods.base import BackboneFactory, MethodNet
-from bench.methods.se import check_reduction, reduced_width
+from bench.methods.layers import check_reduction, reduced_width
 from bench.registry import METHODS
 
 COMBINE = ("sum", "product")

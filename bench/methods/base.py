@@ -9,17 +9,22 @@ A method is a ``MethodNet``: a backbone plus an output layer. It says four thing
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.models.common import Backbone
+from bench.models.common import AttnFactory, Backbone
 
-# A method builder receives this: it returns the chosen backbone, accepting the attention hooks
-# ``block_attn``, ``conv_attn`` and ``stage_attn`` of bench.models.common.
-BackboneFactory = Callable[..., Backbone]
+
+class BackboneFactory(Protocol):
+    """What a method's builder receives: a function that builds the run's backbone, with the
+    attention modules a method inserts (each hook maps a channel count to a module; see
+    bench.models.common for where each sits). Call it once per network the method needs."""
+
+    def __call__(self, *, block_attn: AttnFactory = None, conv_attn: AttnFactory = None,
+                 stage_attn: AttnFactory = None) -> Backbone: ...
 
 
 @dataclass
@@ -33,6 +38,19 @@ class Batch:
     lam: float = 0.0  # fraction of the image pasted from x_a
     mask: Optional[torch.Tensor] = None  # (B, 1, H, W), 1 inside the pasted patch
     x_a: Optional[torch.Tensor] = None
+
+    @classmethod
+    def cutmix(cls, x: torch.Tensor, y: torch.Tensor, x_a: torch.Tensor, y_a: torch.Tensor,
+               box: tuple[int, int, int, int]) -> "Batch":
+        """A CutMix batch (Yun et al. 2019): the pixels of ``box`` = (y0, y1, x0, x1), end
+        exclusive, pasted from ``x_a`` into ``x``; lam is the exact pasted fraction."""
+        b, _, h, w = x.shape
+        y0, y1, x0, x1 = box
+        mask = torch.zeros(1, 1, h, w, device=x.device, dtype=x.dtype)
+        mask[..., y0:y1, x0:x1] = 1
+        lam = (y1 - y0) * (x1 - x0) / (h * w)
+        return cls(mask * x_a + (1 - mask) * x, y, y_a=y_a, lam=lam,
+                   mask=mask.expand(b, 1, h, w), x_a=x_a)
 
     @property
     def mixed(self) -> bool:

@@ -23,7 +23,7 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.methods.base import BackboneFactory, MethodNet
-from bench.methods.se import ChannelMlp, check_reduction
+from bench.methods.layers import ChannelMlp, check_reduction
 from bench.registry import METHODS
 
 

@@ -17,29 +17,9 @@ from functools import partial
 import torch
 from torch import nn
 
-from bench.errors import BenchError
 from bench.methods.base import BackboneFactory, MethodNet
+from bench.methods.layers import ChannelMlp, check_reduction
 from bench.registry import METHODS
-
-
-def check_reduction(method: str, reduction: int) -> None:
-    """Reject a reduction ratio below 1 (it would widen, or divide by zero)."""
-    if reduction < 1:
-        raise BenchError(f"method {method!r}: option r (reduction ratio) must be >= 1, got {reduction}")
-
-
-def reduced_width(channels: int, reduction: int) -> int:
-    """Hidden width of a reduction-ratio bottleneck: C // r, at least 1."""
-    return max(1, channels // reduction)
-
-
-class ChannelMlp(nn.Sequential):
-    """FC C -> C/r, ReLU, FC C/r -> C, both with bias: SE's excitation and CBAM's shared MLP."""
-
-    def __init__(self, channels: int, reduction: int) -> None:
-        hidden = reduced_width(channels, reduction)
-        super().__init__(nn.Linear(channels, hidden), nn.ReLU(inplace=True),
-                         nn.Linear(hidden, channels))
 
 
 class SqueezeExcite(nn.Module):

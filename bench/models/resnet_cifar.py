@@ -8,57 +8,12 @@ ResNet-110 (A) 1.7M, as in the paper's Table 6.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import BenchError
+from bench.models.blocks import BasicBlock, PadShortcut, conv3x3
 from bench.models.common import AttnFactory, Backbone, init_weights, make_attn
 from bench.registry import BACKBONES
-
-
-def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-
-
-class PadShortcut(nn.Module):
-    """Option A: take every ``stride``-th pixel and zero-pad the new channels (no parameters)."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.stride, self.extra = stride, cout - cin
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, ::self.stride, ::self.stride]
-        return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
-
-
-class BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN (+attention) + shortcut, ReLU. Used by CIFAR and ImageNet ResNets."""
-
-    expansion = 1
-
-    def __init__(self, cin: int, cout: int, stride: int = 1, downsample: nn.Module | None = None,
-                 block_attn: AttnFactory = None, conv_attn: AttnFactory = None) -> None:
-        super().__init__()
-        self.conv1 = conv3x3(cin, cout, stride)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(cout, cout)
-        self.conv_attn = make_attn(conv_attn, cout)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.attn = make_attn(block_attn, cout)
-        self.downsample = downsample
-
-    @property
-    def last_bn(self) -> nn.BatchNorm2d:
-        """The residual branch's last BN (zero-initialised with ``zero_init_residual``)."""
-        return self.bn2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.attn(self.bn2(self.conv_attn(self.conv2(out))))
-        return self.relu(out + identity)
 
 
 class CifarResNet(Backbone):

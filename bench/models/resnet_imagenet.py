@@ -9,42 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bench.models.common import AttnFactory, Backbone, init_weights, make_attn
-from bench.models.resnet_cifar import BasicBlock
+from bench.models.blocks import BasicBlock, Bottleneck
+from bench.models.common import AttnFactory, Backbone, init_weights
 from bench.registry import BACKBONES
-
-
-class Bottleneck(nn.Module):
-    """1x1-BN-ReLU, 3x3(stride)-BN-ReLU, 1x1(x4)-BN (+attention) + shortcut, ReLU."""
-
-    expansion = 4
-
-    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 block_attn: AttnFactory = None, conv_attn: AttnFactory = None) -> None:
-        super().__init__()
-        cout = planes * self.expansion
-        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.conv_attn = make_attn(conv_attn, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(cout)
-        self.attn = make_attn(block_attn, cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    @property
-    def last_bn(self) -> nn.BatchNorm2d:
-        """The residual branch's last BN (zero-initialised with ``zero_init_residual``)."""
-        return self.bn3
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv_attn(self.conv2(out))))
-        out = self.attn(self.bn3(self.conv3(out)))
-        return self.relu(out + identity)
 
 
 class ImageNetResNet(Backbone):

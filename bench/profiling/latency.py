@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from bench.device import autocast
 from bench.methods.base import Batch, MethodNet
 
 
@@ -44,33 +44,24 @@ class PairedTiming:
     pairs: int
 
 
-def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]) -> Any:
-    """Autocast to ``amp_dtype`` on ``device``, or nothing when it is None."""
-    if amp_dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
-
-def inference_call(model: nn.Module, x: torch.Tensor,
-                   amp_dtype: Optional[torch.dtype] = None) -> Callable[[], Any]:
-    """One forward pass of ``model`` (in eval mode) without autograd."""
+def inference_call(model: nn.Module, x: torch.Tensor, amp: str = "none") -> Callable[[], Any]:
+    """One forward pass of ``model`` (in eval mode) without autograd, under ``amp``."""
     def run() -> Any:
-        with torch.no_grad(), autocast(x.device, amp_dtype):
+        with torch.no_grad(), autocast(x.device, amp):
             return model(x)
     return run
 
 
-def train_step_call(model: MethodNet, batch: Batch,
-                    amp_dtype: Optional[torch.dtype] = None) -> Callable[[], None]:
+def train_step_call(model: MethodNet, batch: Batch, amp: str = "none") -> Callable[[], None]:
     """One training step of ``model``: ``training_loss``, backward, SGD update (gradient scaling
-    with float16 autocast)."""
+    with fp16 autocast)."""
     device = batch.x.device
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device, amp_dtype):
+        with autocast(device, amp):
             loss = model.training_loss(batch).loss
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -6,15 +6,17 @@ Baseline file::
      "records": [{"method": "gap-fc", "dataset": "digits-clutter", "backbone": "resnet8",
                   "task": "accuracy", "metric": "top1", "value": 91.2, "tolerance": 1.5}, ...]}
 
-Rules (current value = mean over the stored seeds):
-- parameters and GMACs (``EXACT``) must equal the baseline exactly (all seeds must agree);
-- every other gated metric may move by at most its tolerance in the bad direction (a drop for
-  accuracy and localization, a rise for ``LOWER_IS_BETTER``); a move in the good direction beyond
-  tolerance passes and is reported as an improvement to adopt with ``--update``. The tolerance is
-  the record's ``tolerance``, else ``default_tolerance[metric]``, else, for percentage metrics
-  only, ``default_tolerance[task]``; it is in the metric's own unit (percentage points for
-  accuracy and localization), so a task's default never applies to e.g. its loss in nats;
-- timing metrics (``NOT_GATED``) are never gated (too noisy); a baseline listing one is refused;
+Rules (current value = mean over the stored seeds; how each metric is gated, and which way is
+better, come from the metric catalogue, ``bench.metrics``):
+- metrics gated ``exact`` (parameters and GMACs) must equal the baseline exactly (all seeds must
+  agree);
+- every metric gated with a tolerance may move by at most that tolerance in the bad direction; a
+  move in the good direction beyond it passes and is reported as an improvement to adopt with
+  ``--update``. The tolerance is the record's ``tolerance``, else ``default_tolerance[metric]``,
+  else, for percentage metrics only, ``default_tolerance[task]``, else the catalogue's default;
+  it is in the metric's own unit (percentage points for accuracy and localization), so a task's
+  default never applies to e.g. its loss in nats;
+- metrics not gated (timings: too noisy) are never compared; a baseline listing one is refused;
 - a baseline record with no stored value is a failure; stored values without a record are ignored.
 """
 from __future__ import annotations
@@ -29,12 +31,11 @@ from typing import Any, Optional
 import numpy as np
 
 from bench.errors import BenchError
+from bench.metrics import EXACT, LOWER, METRICS, NOT_GATED, TOLERANCE
 from bench.report.collect import annotate_recipes, method_order
 from bench.store import Store
+from bench.tasks.base import task_name
 
-EXACT = ("params", "params_added", "params_train", "gmacs", "gmacs_all", "gmacs_train")
-NOT_GATED = ("latency_ms", "train_step_ms", "train_step_ratio", "train_time", "train_throughput")
-LOWER_IS_BETTER = ("test_loss", "memory_access_mb", "saved_activations_mb")
 DEFAULT_TOLERANCE = {"accuracy": 2.0, "wsol": 5.0}
 KEY_FIELDS = ("method", "dataset", "backbone", "task", "metric")
 OPTIONAL_FIELDS = ("tolerance", "seeds")
@@ -61,13 +62,29 @@ class Baseline:
     records: list[Record]
 
     def tolerance(self, record: Record, unit: str) -> Optional[float]:
-        """The record's own tolerance, else its metric's default, else (for %) its task's."""
+        """The record's own tolerance, else the file's default for its metric, else (for %) for
+        its task, else the catalogue's default for the metric."""
         task, metric = record.key[3], record.key[4]
         if record.tolerance is not None:
             return record.tolerance
         if metric in self.default_tolerance:
             return self.default_tolerance[metric]
-        return self.default_tolerance.get(task) if unit == "%" else None
+        if unit == "%" and task_name(task) in self.default_tolerance:
+            return self.default_tolerance[task_name(task)]
+        info = METRICS.get(metric)
+        return info.tolerance if info is not None else None
+
+
+def gate(metric: str) -> str:
+    """How the gate compares ``metric``: exact, with a tolerance, or not at all (uncatalogued
+    metrics with a tolerance where one is given)."""
+    info = METRICS.get(metric)
+    return info.gate if info is not None else TOLERANCE
+
+
+def lower_is_better(metric: str) -> bool:
+    info = METRICS.get(metric)
+    return info is not None and info.direction == LOWER
 
 
 @dataclass
@@ -155,10 +172,10 @@ def _parse_record(item: Any, where: str) -> Record:
         raise BenchError(f"{where}: value must be a finite number, got {item['value']!r}")
     metric = item["metric"]
     tolerance = item.get("tolerance")
-    if metric in NOT_GATED:
-        raise BenchError(f"{where}: {metric} is a timing metric and is not gated (too noisy); "
+    if gate(metric) == NOT_GATED:
+        raise BenchError(f"{where}: {metric} is not gated (a timing: too noisy); "
                          f"remove the record")
-    if tolerance is not None and metric in EXACT:
+    if tolerance is not None and gate(metric) == EXACT:
         raise BenchError(f"{where}: {metric} is compared exactly; remove its tolerance")
     if tolerance is not None and not (_is_number(tolerance) and tolerance >= 0):
         raise BenchError(f"{where}: tolerance must be a number >= 0, got {tolerance!r}")
@@ -193,7 +210,7 @@ def compare(record: Record, tolerance: Optional[float], values: list[float]) -> 
     metric = record.key[4]
     if not values:
         return "fail", f"MISSING {record.describe()}: baseline {number(record.value)}, not in the store"
-    if metric in EXACT:
+    if gate(metric) == EXACT:
         distinct = sorted(set(values))
         if len(distinct) > 1:
             return "fail", (f"REGRESSION {record.describe()}: baseline {number(record.value)}, current "
@@ -205,7 +222,7 @@ def compare(record: Record, tolerance: Optional[float], values: list[float]) -> 
         return "ok", ""
     current = float(np.mean(values))
     change = current - record.value
-    worse = change if metric in LOWER_IS_BETTER else -change
+    worse = change if lower_is_better(metric) else -change
     text = (f"{record.describe()}: baseline {record.value:.4f}, current {current:.4f} "
             f"(mean of {len(values)} seed{'s' if len(values) != 1 else ''}), tolerance {tolerance:g}")
     if worse > tolerance + EPS:
@@ -223,7 +240,7 @@ def check(out_dir: Path, baseline_path: Path) -> CheckResult:
     for record in baseline.records:
         unit, values = stored.get(record.key, ("", []))
         tolerance = baseline.tolerance(record, unit)
-        if values and tolerance is None and record.key[4] not in EXACT:
+        if values and tolerance is None and gate(record.key[4]) != EXACT:
             raise BenchError(f"{record.where} ({record.describe()}, unit {unit!r}): no tolerance "
                              f'applies; give the record a "tolerance" or set default_tolerance'
                              f'["{record.key[4]}"] (task defaults cover % metrics only)')
@@ -251,11 +268,12 @@ def update_baseline(out_dir: Path, baseline_path: Path) -> tuple[int, list[str]]
         task, metric = key[3], key[4]
         unit, values = stored[key]
         probe = Record(key, 0.0, kept.get(key), "")
-        if metric in NOT_GATED or (metric not in EXACT and old.tolerance(probe, unit) is None):
+        if gate(metric) == NOT_GATED or (gate(metric) != EXACT
+                                         and old.tolerance(probe, unit) is None):
             left_out.add(f"{task}/{metric}")
             continue
         distinct = sorted(set(values))
-        value = distinct[0] if metric in EXACT and len(distinct) == 1 else float(np.mean(values))
+        value = distinct[0] if gate(metric) == EXACT and len(distinct) == 1 else float(np.mean(values))
         record = dict(zip(KEY_FIELDS, key), value=value, seeds=len(values))
         if key in kept:
             record["tolerance"] = kept[key]

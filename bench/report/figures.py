@@ -17,7 +17,8 @@ from matplotlib.ticker import MaxNLocator
 
 from bench.report.collect import BASELINE, Group
 from bench.report.document import Figure
-from bench.report.tables import WSOL_COLUMNS, seed_values
+from bench.metrics import METRICS
+from bench.report.tables import seed_values
 
 STYLE = {"svg.hashsalt": "bench-report", "svg.fonttype": "path", "font.size": 9,
          "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8}
@@ -64,18 +65,18 @@ def _bars(ax: Axes, data: pd.DataFrame, methods: list[str], palette: dict[str, s
         label.set_horizontalalignment("right")
 
 
-def _metric(group: Group, task: str, metric: str) -> pd.DataFrame:
-    rows = group.records[(group.records["task"] == task) & (group.records["metric"] == metric)]
+def _metric(group: Group, metric: str) -> pd.DataFrame:
+    rows = group.records[group.records["metric"] == metric]
     return rows.dropna(subset=["value"])
 
 
 def accuracy_vs_gmacs(group: Group, plot: Plotter) -> Optional[Figure]:
     """Top-1 (mean, sd error bars) against deployed GMACs: one point per method."""
-    x_metric = "gmacs_all" if len(_metric(group, "cost", "gmacs_all")) else "gmacs"
+    x_metric = "gmacs_all" if len(_metric(group, "gmacs_all")) else "gmacs"
     points = []
     for method in group.methods:
-        top1 = seed_values(group.records, method, "accuracy", "top1")
-        cost = seed_values(group.records, method, "cost", x_metric)
+        top1 = seed_values(group.records, method, "top1")
+        cost = seed_values(group.records, method, x_metric)
         if top1 and cost:
             points.append((method, float(np.mean(cost)), float(np.mean(top1)),
                            float(np.std(top1, ddof=1)) if len(top1) > 1 else 0.0))
@@ -96,10 +97,10 @@ def accuracy_vs_gmacs(group: Group, plot: Plotter) -> Optional[Figure]:
 
 def training_step(group: Group, plot: Plotter) -> Optional[Figure]:
     """Training-step cost per method: the ratio to GAP-FC when stored, else milliseconds."""
-    data = _metric(group, "cost", "train_step_ratio")
+    data = _metric(group, "train_step_ratio")
     ylabel = f"training step ({data['unit'].iloc[0]})" if len(data) else ""
     if not len(data):
-        data = _metric(group, "cost", "train_step_ms")
+        data = _metric(group, "train_step_ms")
         ylabel = "training step (ms)"
     if not len(data):
         return None
@@ -114,7 +115,7 @@ def training_step(group: Group, plot: Plotter) -> Optional[Figure]:
 
 def latency(group: Group, plot: Plotter) -> Optional[Figure]:
     """Inference latency of the deployed network, one panel per measured setting."""
-    data = _metric(group, "cost", "latency_ms")
+    data = _metric(group, "latency_ms")
     if not len(data):
         return None
     settings = list(dict.fromkeys(data["setting"]))
@@ -129,12 +130,13 @@ def latency(group: Group, plot: Plotter) -> Optional[Figure]:
 
 def wsol_bars(group: Group, plot: Plotter) -> Optional[Figure]:
     """Every WSOL metric side by side, one bar per method (sd error bars over seeds)."""
-    labels = {c.metric: c.label for c in WSOL_COLUMNS}
-    data = group.records[(group.records["task"] == "wsol") & group.records["metric"].isin(labels)]
+    columns = METRICS.in_table("wsol")
+    labels = {c.name: c.label for c in columns}
+    data = group.records[group.records["metric"].isin(labels)]
     data = data.dropna(subset=["value"]).assign(label=lambda d: d["metric"].map(labels))
     if not len(data):
         return None
-    order = [labels[c.metric] for c in WSOL_COLUMNS if c.metric in set(data["metric"])]
+    order = [c.label for c in columns if c.name in set(data["metric"])]
     methods = [m for m in group.methods if m in set(data["method"])]
     fig, ax = plot.new(width=max(6.0, 0.25 * len(order) * len(methods) + 2))
     sns.barplot(data=data, x="label", y="value", hue="method", order=order, hue_order=methods,

@@ -8,6 +8,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from bench.metrics import decimals
+
 ALPHA = 0.05  # significance level of the two-sided Welch test (no multiple-comparison correction)
 
 
@@ -44,20 +46,6 @@ def p_cell(a: Sequence[float], b: Sequence[float]) -> str:
         return "no variance: no test"
     star = " *" if result.p < ALPHA else ""
     return f"{result.p:.3g}{star}"
-
-
-def decimals(value: float, unit: str) -> int:
-    """Digits after the point: 2 for percentages, else by magnitude (about 4 significant digits)."""
-    if unit in ("%", "pp"):
-        return 2
-    if unit == "count":
-        return 0
-    magnitude = abs(value)
-    if magnitude >= 1000:
-        return 0
-    if magnitude == 0:
-        return 2
-    return max(1, 3 - int(math.floor(math.log10(magnitude))))
 
 
 def fmt(value: float, unit: str, digits: Optional[int] = None) -> str:

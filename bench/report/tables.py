@@ -5,97 +5,58 @@ how each number was obtained (the metric's stored ``extra`` settings)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
+from bench.metrics import METRICS, MetricInfo, decimals
 from bench.report.collect import BASELINE, Group
 from bench.report.document import Table
-from bench.report.stats import ALPHA, decimals, mean_std, p_cell, signed
+from bench.report.stats import ALPHA, mean_std, p_cell, signed
 
 MISSING = "—"
+ACCURACY_METRICS = ("top1", "top5")  # with deltas and tests; the other accuracy metrics follow
 
 
-@dataclass(frozen=True)
-class Column:
-    task: str
-    metric: str
-    label: str
-
-
-WSOL_COLUMNS = [
-    Column("wsol", "gt_known_loc", "GT-known Loc"), Column("wsol", "top1_loc", "Top-1 Loc"),
-    Column("wsol", "top5_loc", "Top-5 Loc"), Column("wsol", "maxboxacc_v2", "MaxBoxAccV2"),
-    Column("wsol", "maxboxacc_30", "MaxBoxAcc δ=30%"), Column("wsol", "maxboxacc_50", "MaxBoxAcc δ=50%"),
-    Column("wsol", "maxboxacc_70", "MaxBoxAcc δ=70%"), Column("wsol", "maxboxacc_v1", "MaxBoxAcc V1"),
-    Column("wsol", "pxap", "PxAP"),
-]
-COMPUTE_COLUMNS = [
-    Column("cost", "params", "params"), Column("cost", "params_added", "added params"),
-    Column("cost", "params_train", "training-network params"),
-    Column("cost", "gmacs", "GMACs, fvcore default ops"),
-    Column("cost", "gmacs_all", "GMACs, incl. element-wise ops"),
-    Column("cost", "gmacs_train", "training GMACs"),
-    Column("cost", "memory_access_mb", "memory traffic"),
-    Column("cost", "saved_activations_mb", "saved activations"),
-]
-TIME_COLUMNS = [
-    Column("cost", "latency_ms", "latency"), Column("cost", "latency_batch_ms", "latency (batch)"),
-    Column("cost", "train_step_ms", "training step"),
-    Column("cost", "train_step_ratio", "training step ratio"),
-    Column("accuracy", "train_time", "training time"),
-    Column("accuracy", "train_throughput", "training throughput"),
-]
-ACCURACY_METRICS = [("top1", "top-1"), ("top5", "top-5")]
-ACCURACY_EXTRA = [Column("accuracy", "test_loss", "test loss")]
-KNOWN = {(c.task, c.metric) for c in WSOL_COLUMNS + COMPUTE_COLUMNS + TIME_COLUMNS + ACCURACY_EXTRA} \
-    | {("accuracy", m) for m, _ in ACCURACY_METRICS}
-
-
-def seed_values(records: pd.DataFrame, method: str, task: str, metric: str,
-                setting: str = "") -> list[float]:
+def seed_values(records: pd.DataFrame, method: str, metric: str, setting: str = "") -> list[float]:
     """The per-run values of one metric for one method (one value per seed)."""
-    rows = records[(records["method"] == method) & (records["task"] == task)
-                   & (records["metric"] == metric) & (records["setting"] == setting)]
+    rows = records[(records["method"] == method) & (records["metric"] == metric)
+                   & (records["setting"] == setting)]
     return [float(v) for v in rows["value"] if v is not None and not pd.isna(v)]
 
 
-def _settings(records: pd.DataFrame, task: str, metric: str) -> list[str]:
-    rows = records[(records["task"] == task) & (records["metric"] == metric)]
+def _settings(records: pd.DataFrame, metric: str) -> list[str]:
+    rows = records[records["metric"] == metric]
     return list(dict.fromkeys(rows["setting"]))
 
 
-def _unit(records: pd.DataFrame, task: str, metric: str) -> str:
-    rows = records[(records["task"] == task) & (records["metric"] == metric)]
+def _unit(records: pd.DataFrame, metric: str) -> str:
+    rows = records[records["metric"] == metric]
     return str(rows["unit"].iloc[0]) if len(rows) else ""
 
 
-def column_digits(records: pd.DataFrame, task: str, metric: str, setting: str = "") -> int:
-    """One number of decimals per column, from its largest magnitude (so that digits align)."""
-    rows = records[(records["task"] == task) & (records["metric"] == metric)
-                   & (records["setting"] == setting)]
+def column_digits(records: pd.DataFrame, metric: str, setting: str = "") -> int:
+    """One number of decimals per column: the catalogue's, else from its largest magnitude (so
+    that digits align)."""
+    info = METRICS.get(metric)
+    if info is not None and info.digits is not None:
+        return info.digits
+    rows = records[(records["metric"] == metric) & (records["setting"] == setting)]
     means = rows.groupby("method")["value"].mean().abs().dropna()
-    return decimals(float(means.max()) if len(means) else 0.0, _unit(records, task, metric))
+    return decimals(float(means.max()) if len(means) else 0.0, _unit(records, metric))
 
 
-def cell(records: pd.DataFrame, method: str, column: Column, setting: str = "") -> str:
-    """The ``mean ± std`` cell of one method and column, or a dash when it was not measured."""
-    values = seed_values(records, method, column.task, column.metric, setting)
+def cell(records: pd.DataFrame, method: str, metric: str, setting: str = "") -> str:
+    """The ``mean ± std`` cell of one method and metric, or a dash when it was not measured."""
+    values = seed_values(records, method, metric, setting)
     if not values:
         return MISSING
-    return mean_std(values, _unit(records, column.task, column.metric),
-                    column_digits(records, column.task, column.metric, setting))
+    return mean_std(values, _unit(records, metric), column_digits(records, metric, setting))
 
 
-def header(label: str, unit: str, setting: str = "") -> str:
-    where = f" [{setting}]" if setting else ""
-    return f"{label}{where} ({unit})" if unit else f"{label}{where}"
-
-
-def _expand(records: pd.DataFrame, columns: list[Column]) -> list[tuple[Column, str]]:
-    """The (column, setting) pairs with data, a column once per distinct setting."""
-    return [(c, s) for c in columns for s in _settings(records, c.task, c.metric)]
+def _expand(records: pd.DataFrame, columns: list[MetricInfo]) -> list[tuple[MetricInfo, str]]:
+    """The (metric, setting) pairs with data, a column once per distinct setting."""
+    return [(c, s) for c in columns for s in _settings(records, c.name)]
 
 
 def _text(value: Any) -> str:
@@ -121,57 +82,57 @@ def describe_extras(extras: list[tuple[str, dict[str, Any]]], skip: set[str]) ->
     return ", ".join(parts)
 
 
-def settings_notes(records: pd.DataFrame, methods: list[str], columns: list[tuple[Column, str]]) -> list[str]:
+def settings_notes(records: pd.DataFrame, methods: list[str],
+                   columns: list[tuple[MetricInfo, str]]) -> list[str]:
     """How each column's numbers were obtained (the metrics' stored ``extra``); columns with the
     same settings are merged into one note."""
     by_text: dict[str, list[str]] = {}
     order = {m: i for i, m in enumerate(methods)}
     for column, setting in columns:
-        rows = records[(records["task"] == column.task) & (records["metric"] == column.metric)
-                       & (records["setting"] == setting)]
+        rows = records[(records["metric"] == column.name) & (records["setting"] == setting)]
         extras = sorted(zip(rows["method"], rows["extra"]), key=lambda me: order.get(me[0], len(order)))
         skip = {part.split("=", 1)[0] for part in setting.split(", ") if part}
         text = describe_extras(extras, skip)
         if text:
-            name = column.metric + (f" [{setting}]" if setting else "")
+            name = column.name + (f" [{setting}]" if setting else "")
             by_text.setdefault(text, []).append(name)
     return [f"{', '.join(names)}: {text}" for text, names in by_text.items()]
 
 
-def metric_table(group: Group, title: str, columns: list[Column], notes: list[str]) -> Table | None:
+def metric_table(group: Group, title: str, columns: list[MetricInfo],
+                 notes: list[str]) -> Table | None:
     """A method x metric table of mean ± std over seeds; None when no column has data."""
     expanded = _expand(group.records, columns)
     if not expanded:
         return None
-    headers = ["method"] + [header(c.label, _unit(group.records, c.task, c.metric), s) for c, s in expanded]
+    headers = ["method"] + [c.header(s) for c, s in expanded]
     rows = []
     for method in group.methods:
-        rows.append([method] + [cell(group.records, method, c, s) for c, s in expanded])
+        rows.append([method] + [cell(group.records, method, c.name, s) for c, s in expanded])
     notes = notes + settings_notes(group.records, group.methods, expanded)
     return Table(title, headers, rows, list(group.methods), notes)
 
 
 def accuracy_table(group: Group) -> Table | None:
-    """Top-1/top-5 (mean ± std over seeds), the difference to GAP-FC and its Welch test."""
+    """Top-1/top-5 (mean ± std over seeds), the difference to GAP-FC and its Welch test, then the
+    other accuracy metrics."""
     records = group.records
-    present = [(m, label) for m, label in ACCURACY_METRICS if _settings(records, "accuracy", m)]
-    extra = _expand(records, ACCURACY_EXTRA)
+    present = [METRICS.get(m) for m in ACCURACY_METRICS if _settings(records, m)]
+    extra = _expand(records, [m for m in METRICS.in_table("accuracy") if m.name not in ACCURACY_METRICS])
     if not present and not extra:
         return None
     headers = ["method", "seeds"]
-    for metric, label in present:
-        unit = _unit(records, "accuracy", metric)
-        headers += [header(label, unit), header(f"Δ {label} vs {BASELINE}", "pp"),
-                    f"p (Welch, {label})"]
-    headers += [header(c.label, _unit(records, c.task, c.metric), s) for c, s in extra]
+    for info in present:
+        headers += [info.header(), f"Δ {info.label} vs {BASELINE} (pp)", f"p (Welch, {info.label})"]
+    headers += [c.header(s) for c, s in extra]
     rows = []
     for method in group.methods:
-        seeds = len(seed_values(records, method, "accuracy", present[0][0])) if present else 0
+        seeds = len(seed_values(records, method, present[0].name)) if present else 0
         row = [method, str(seeds) if seeds else MISSING]
-        for metric, _ in present:
-            values = seed_values(records, method, "accuracy", metric)
-            base = seed_values(records, BASELINE, "accuracy", metric)
-            text = cell(records, method, Column("accuracy", metric, metric))
+        for info in present:
+            values = seed_values(records, method, info.name)
+            base = seed_values(records, BASELINE, info.name)
+            text = cell(records, method, info.name)
             if not values:
                 row += [MISSING, MISSING, MISSING]
             elif method == BASELINE:
@@ -181,30 +142,30 @@ def accuracy_table(group: Group) -> Table | None:
             else:
                 delta = sum(values) / len(values) - sum(base) / len(base)
                 row += [text, signed(delta, "pp"), p_cell(values, base)]
-        rows.append(row + [cell(records, method, c, s) for c, s in extra])
+        rows.append(row + [cell(records, method, c.name, s) for c, s in extra])
     notes = [f"mean ± sample std over seeds; Δ = difference of means to {BASELINE} in percentage "
              f"points; p = two-sided Welch t-test over seeds, * p < {ALPHA} (no correction for "
              f"multiple comparisons)."]
-    columns = [(Column("accuracy", m, m), "") for m, _ in present] + extra
+    columns = [(info, "") for info in present] + extra
     return Table("Accuracy", headers, rows, list(group.methods),
                  notes + settings_notes(records, group.methods, columns))
 
 
 def wsol_table(group: Group) -> Table | None:
-    return metric_table(group, "Weakly-supervised object localization", WSOL_COLUMNS,
+    return metric_table(group, "Weakly-supervised object localization", METRICS.in_table("wsol"),
                         ["mean ± sample std over seeds. GT-known/Top-1/Top-5 Loc: classic protocol "
                          "(IoU ≥ 0.5); MaxBoxAccV2 = mean of MaxBoxAcc at δ = 30/50/70%; PxAP: pixel "
                          "average precision (WSOL.md)."])
 
 
 def compute_table(group: Group) -> Table | None:
-    return metric_table(group, "Size, compute and memory", COMPUTE_COLUMNS,
+    return metric_table(group, "Size, compute and memory", METRICS.in_table("compute"),
                         [f"GMAC = 10^9 multiply-adds; added params relative to {BASELINE} on the "
                          "same backbone; cost is measured once per method (first seed)."])
 
 
 def time_table(group: Group) -> Table | None:
-    return metric_table(group, "Time", TIME_COLUMNS,
+    return metric_table(group, "Time", METRICS.in_table("time"),
                         ["Timings on a shared machine are noisy: compare methods by ratios measured "
                          "in one run, not absolute times across runs (COST.md)."])
 
@@ -212,8 +173,10 @@ def time_table(group: Group) -> Table | None:
 def other_table(group: Group) -> Table | None:
     """Every stored metric that no other table shows, so that nothing is silently dropped."""
     records = group.records
-    pairs = list(dict.fromkeys(zip(records["task"], records["metric"])))
-    columns = [Column(t, m, f"{t}: {m}") for t, m in pairs if (t, m) not in KNOWN]
+    shown = {"accuracy", "wsol", "compute", "time"}
+    pairs = list(dict.fromkeys(zip(records["task"], records["metric"], records["unit"])))
+    columns = [METRICS.get(m) or MetricInfo(m, t, u, f"{t}: {m}") for t, m, u in pairs
+               if (METRICS.get(m) is None or METRICS.get(m).table not in shown)]
     return metric_table(group, "Other metrics", columns, ["mean ± sample std over seeds."])
 
 

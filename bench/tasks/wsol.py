@@ -53,6 +53,12 @@ FALLBACK_TAU = 0.2  # Zhou et al. 2016: 20% of the map's maximum
 GALLERY_SIZE = 8
 
 
+def check_interval(interval: float, name: str = "cam_curve_interval") -> None:
+    """The tau sweep's step must lie in (0, 1): a BenchError naming ``name`` otherwise."""
+    if not 0 < interval < 1:
+        raise BenchError(f"{name} must lie in (0, 1), got {interval}", name)
+
+
 def load_scoremap(path: Path) -> np.ndarray:
     """A saved score map, validated as the reference requires: 2-D floats in [0, 1], no NaN."""
     if not path.is_file():
@@ -84,6 +90,10 @@ def evaluate_wsol(metadata_dir: str | Path, scoremap_dir: str | Path, cam_curve_
     ``maxboxacc_v2`` too when it is MaxBoxAccV2), ``best_tau``, ``maxboxacc_v1`` and, with masks,
     ``pxap``; all in percent.
     """
+    check_interval(cam_curve_interval)
+    if not iou_thresholds or any(not 0 < t <= 100 for t in iou_thresholds):
+        raise BenchError(f"iou_thresholds are percentages in (0, 100], got {list(iou_thresholds)}",
+                         "iou_thresholds")
     meta = read_metadata(metadata_dir)
     root = Path(scoremap_dir)
     if not root.is_dir():
@@ -242,28 +252,22 @@ class _ScoremapWriter:
         return write_metadata(self.meta, self.meta.root)
 
 
-def _options(options: dict[str, Any]) -> tuple[float, str, Optional[Path]]:
-    """(cam_curve_interval, classic box rule, save_scoremaps directory) from the task options."""
-    try:
-        interval = float(options.get("cam_curve_interval", 0.01))
-    except (TypeError, ValueError):
-        raise BenchError(f"wsol option cam_curve_interval: expected a number in (0, 1), "
-                         f"got {options.get('cam_curve_interval')!r}") from None
-    rule = str(options.get("classic_box_rule", CLASSIC_BOX_RULE))
-    if rule not in BOX_RULES:
-        raise BenchError(f"wsol option classic_box_rule={rule!r}; valid: {', '.join(BOX_RULES)}")
-    save = options.get("save_scoremaps")
-    return interval, rule, Path(save) if save else None
-
-
 class WsolTask(Task):
     """Weakly-supervised object localization of a trained classifier (see the module docstring)."""
 
     name = "wsol"
     needs_training = True
+    output_options = ("save_scoremaps",)
+
+    def check(self, options: dict[str, Any]) -> None:
+        check_interval(options["cam_curve_interval"], "task 'wsol': option cam_curve_interval")
+        if options["classic_box_rule"] not in BOX_RULES:
+            raise BenchError(f"task 'wsol': option classic_box_rule="
+                             f"{options['classic_box_rule']!r}; valid: {', '.join(BOX_RULES)}")
 
     def run(self, ctx: RunContext) -> TaskResult:
-        interval, rule, save_dir = _options(ctx.options)
+        interval, rule = ctx.options["cam_curve_interval"], ctx.options["classic_box_rule"]
+        save_dir = Path(ctx.options["save_scoremaps"]) if ctx.options["save_scoremaps"] else None
         thresholds = cam_thresholds(interval)
         test = ctx.data.test
         if test.boxes is None and test.masks is None:

@@ -1,4 +1,5 @@
-"""Stored results as tables: long records, and the per-method summary printed after a run."""
+"""Stored results as tables: long records, and the per-method summary printed after a run (its
+columns are the metric catalogue's headline metrics)."""
 from __future__ import annotations
 
 import json
@@ -7,19 +8,11 @@ from typing import Any, Iterable
 import pandas as pd
 from tabulate import tabulate
 
+from bench.metrics import METRICS
 from bench.report.stats import mean_std
 
 RECORD_FIELDS = ["method", "dataset", "backbone", "seed", "task", "metric", "value", "unit"]
 
-# The columns of the summary table, in order: (task, metric) and the header shown.
-SUMMARY_COLUMNS = [
-    ("accuracy", "top1", "top-1"), ("accuracy", "top5", "top-5"),
-    ("wsol", "maxboxacc_v2", "MaxBoxAccV2"), ("wsol", "gt_known_loc", "GT-known Loc"),
-    ("wsol", "top1_loc", "Top-1 Loc"), ("wsol", "pxap", "PxAP"),
-    ("cost", "params", "params"), ("cost", "gmacs", "GMACs"), ("cost", "gmacs_all", "GMACs (all ops)"),
-    ("cost", "latency_ms", "latency"), ("cost", "train_step_ratio", "train step"),
-    ("accuracy", "train_time", "train time"),
-]
 
 
 def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -63,12 +56,10 @@ def summary_table(records: list[dict[str, Any]], methods: list[str] | None = Non
     rows = []
     for (dataset, backbone, method), group in frame.groupby(["dataset", "backbone", "method"], sort=False):
         row = {"dataset": dataset, "backbone": backbone, "method": method}
-        for task, metric, header in SUMMARY_COLUMNS:
-            values = group[(group["task"] == task) & (group["metric"] == metric)]
+        for info in METRICS.headline():
+            values = group[group["metric"] == info.name]
             if len(values):
-                unit = values["unit"].iloc[0]
-                label = header if unit in header else f"{header} ({unit})"
-                row[label] = mean_std(values["value"].tolist(), unit)
+                row[info.header()] = mean_std(values["value"].tolist(), info.unit, info.digits)
         rows.append(row)
     return tabulate(pd.DataFrame(rows).fillna(""), headers="keys", tablefmt="github", showindex=False,
                     disable_numparse=True)
