@@ -1,6 +1,8 @@
 """Shared test fixtures: a tiny registered dataset ("toy-quadrants") that trains in a second."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -38,5 +40,7 @@ if "toy-quadrants" not in DATASETS:
 
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    """Two torch threads per test (the CI machine's cores); BENCH_TEST_THREADS=1 where several
+    test runs share the cores (oversubscribed OpenMP threads spin and slow every run down)."""
+    torch.set_num_threads(int(os.environ.get("BENCH_TEST_THREADS", "2")))
     yield
