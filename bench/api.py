@@ -6,7 +6,9 @@ matching flag instead).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
@@ -20,7 +22,8 @@ from bench.registry import (BACKBONES, DATASETS, METHODS, TASKS, Registry, Spec,
 
 if TYPE_CHECKING:
     from bench.report import ReportFiles
-    from bench.suite import RunOutcome
+    from bench.report.collect import Group
+    from bench.suite import RunOutcome, SuiteConfig
 
 SpecLike = str | Spec
 
@@ -104,12 +107,15 @@ def list_methods() -> list[str]:
 @dataclass
 class SuiteResult:
     """What ``bench.run`` did: each run's outcome, the stored records of this suite's runs (one
-    per metric and seed, as ``bench results`` lists them), and where the store and report are."""
+    per metric and seed), their configuration groups (bench/report/collect.py), where the store
+    and report are, and where the time went."""
 
     outcomes: list["RunOutcome"]
     records: list[dict[str, Any]]
+    groups: list["Group"]
     store: Path
     report: Optional["ReportFiles"] = None
+    times: dict[str, float] = field(default_factory=dict)  # phase -> seconds, and "total"
 
     @property
     def failed(self) -> list["RunOutcome"]:
@@ -163,6 +169,8 @@ def run(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, preset: str 
     for name, value in (("jobs", jobs), ("threads", threads)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise BenchError(f"{name} must be a positive integer, got {value!r}", name)
+    if threads is None:  # resolved here: the thread count is part of a CPU run's identity
+        threads = max((os.cpu_count() or 1) // jobs, 1) if jobs > 1 else torch.get_num_threads()
     cfg = SuiteConfig(
         methods=method_specs,
         backbone=as_spec(BACKBONES, backbone or config.backbone, "backbone"),
@@ -177,23 +185,38 @@ def run(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, preset: str 
         with torch.device("meta"):
             build_from_specs(spec, cfg.backbone, num_classes=2)
     Store(cfg.store_path).close()  # refuse an unusable store before any work
+    start = time.perf_counter()
     outcomes = run_suite(cfg)
     from bench.distributed import is_main_process
 
     if not is_main_process():  # torchrun: the other ranks only helped train
-        return SuiteResult(outcomes, [], cfg.store_path)
-    store = Store(cfg.store_path, create=False)
-    try:
-        records = [r for r in store.records() if r["dataset"] == str(cfg.dataset)
-                   and r["backbone"] == str(cfg.backbone)]
-    finally:
-        store.close()
+        return SuiteResult(outcomes, [], [], cfg.store_path)
+    return _finish(cfg, outcomes, report, start)
+
+
+def _finish(cfg: "SuiteConfig", outcomes: list["RunOutcome"], report: bool,
+            start: float) -> SuiteResult:
+    """Read back this suite's runs, group them, write the report and total the times."""
+    from bench.report.collect import configuration_groups, read_store
+
+    records, runs, _, _ = read_store(cfg.out_dir)
+    ids = {o.run_id for o in outcomes}
+    # Groups over the whole store, so that labels name what tells this recipe from others there.
+    groups = [g for g in configuration_groups(records, runs) if ids & set(g.runs["id"])]
+    records = [r for r in records if r["run_id"] in ids]
+    times: dict[str, float] = {}
+    for outcome in outcomes:
+        for phase, seconds in outcome.times.items():
+            times[phase] = times.get(phase, 0.0) + seconds
     files = None
     if report:
         from bench.report import write_report
 
+        report_start = time.perf_counter()
         files = write_report(cfg.out_dir)
-    return SuiteResult(outcomes, records, cfg.store_path, files)
+        times["report"] = time.perf_counter() - report_start
+    times["total"] = time.perf_counter() - start
+    return SuiteResult(outcomes, records, groups, cfg.store_path, files, times)
 
 
 def _path(value: Optional[str | Path]) -> Optional[Path]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 import subprocess
 import time
@@ -19,7 +21,7 @@ from typing import Any, Iterator, Optional
 from bench.errors import BenchError
 from bench.tasks.base import TaskResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs.owner and runs.train_seconds, task_runs.seconds
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
@@ -35,8 +37,10 @@ CREATE TABLE IF NOT EXISTS runs (
     seed INTEGER NOT NULL,
     preset TEXT NOT NULL,
     config TEXT NOT NULL,          -- JSON: the full configuration that was hashed
-    status TEXT NOT NULL,          -- running | complete | failed
+    status TEXT NOT NULL,          -- pending | running | complete | failed
     reason TEXT,
+    owner TEXT,                    -- host:pid:start of the process working on it (a claim)
+    train_seconds REAL,            -- wall time of training (NULL: loaded from a checkpoint)
     started TEXT NOT NULL,
     ended TEXT,
     torch_version TEXT NOT NULL,
@@ -50,6 +54,7 @@ CREATE TABLE IF NOT EXISTS task_runs (
     reason TEXT,
     ended TEXT NOT NULL,
     artifacts TEXT,                -- JSON: name -> path of files the task wrote
+    seconds REAL,                  -- wall time of the task
     PRIMARY KEY (run_id, task)
 );
 CREATE TABLE IF NOT EXISTS metrics (
@@ -71,6 +76,9 @@ CREATE TABLE IF NOT EXISTS curves (
 );
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, task);
 """
+# Columns added since schema version 1: (table, column, type); added to older stores on open.
+_ADDED_COLUMNS = [("runs", "owner", "TEXT"), ("runs", "train_seconds", "REAL"),
+                  ("task_runs", "seconds", "REAL")]
 
 
 def now() -> str:
@@ -93,6 +101,37 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def _start_time(pid: int) -> Optional[str]:
+    """The start time of process ``pid`` (Linux /proc), telling a reused pid from the original."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner_token() -> str:
+    """This process as a claim holder: host, pid and process start time."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or '?'}"
+
+
+def owner_alive(token: str) -> bool:
+    """Whether the process of a claim still runs. A claim from another host cannot be checked
+    and counts as alive."""
+    host, _, rest = token.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return host != socket.gethostname()
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return start in ("?", "") or _start_time(pid) == start
 
 
 def check_sqlite_file(path: Path) -> None:
@@ -125,8 +164,18 @@ class Store:
                             self.db.execute(statement)
                     self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                                     (str(SCHEMA_VERSION),))
+                    self._migrate()
         except sqlite3.DatabaseError as e:
             raise BenchError(f"{self.path} is not a usable SQLite results store ({e})") from None
+
+    def _migrate(self) -> None:
+        """Bring an older bench store to this schema (inside the opening transaction)."""
+        for table, column, kind in _ADDED_COLUMNS:
+            have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                        (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         self.db.close()
@@ -154,31 +203,44 @@ class Store:
     def start_run(self, config: dict[str, Any], *, method: str, method_name: str,
                   options: dict[str, Any], backbone: str, dataset: str, seed: int, preset: str,
                   device: str, torch_version: str) -> int:
-        """The id of the run with this configuration, created if new (status ``running``)."""
+        """The id of the run with this configuration, created if new (status ``pending``)."""
         digest = config_hash(config)
         with self.transaction() as db:
             row = db.execute("SELECT id FROM runs WHERE config_hash = ?", (digest,)).fetchone()
             if row:
-                db.execute("UPDATE runs SET status = 'running', reason = NULL, device = ?, "
-                           "git_commit = ? WHERE id = ? AND status != 'complete'",
-                           (device, git_commit(), row["id"]))
                 return int(row["id"])
             cur = db.execute(
                 "INSERT INTO runs (config_hash, method, method_name, options, backbone, dataset, "
                 "seed, preset, config, status, started, torch_version, device, git_commit) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
                 (digest, method, method_name, json.dumps(options, sort_keys=True, default=str),
                  backbone, dataset, seed, preset, json.dumps(config, sort_keys=True, default=str),
                  now(), torch_version, device, git_commit()))
             return int(cur.lastrowid)
 
+    def claim(self, run_id: int, owner: str, device: str) -> Optional[str]:
+        """Mark the run ``running`` by ``owner``, unless another live process holds it: then
+        return that holder (its claim is taken over once that process is gone)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT status, owner FROM runs WHERE id = ?", (run_id,)).fetchone()
+            holder = row["owner"]
+            if (row["status"] == "running" and holder and holder != owner
+                    and owner_alive(holder)):
+                return holder
+            db.execute("UPDATE runs SET status = 'running', reason = NULL, owner = ?, device = ?, "
+                       "git_commit = ? WHERE id = ?", (owner, device, git_commit(), run_id))
+            return None
+
     def run_hash(self, run_id: int) -> str:
         return self.db.execute("SELECT config_hash FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
 
-    def end_run(self, run_id: int, status: str, reason: Optional[str] = None) -> None:
+    def end_run(self, run_id: int, status: str, reason: Optional[str] = None,
+                train_seconds: Optional[float] = None) -> None:
+        """Record the run's final status (and its training time when it trained now)."""
         with self.transaction() as db:
-            db.execute("UPDATE runs SET status = ?, reason = ?, ended = ? WHERE id = ?",
-                       (status, reason, now(), run_id))
+            db.execute("UPDATE runs SET status = ?, reason = ?, ended = ?, "
+                       "train_seconds = COALESCE(?, train_seconds) WHERE id = ?",
+                       (status, reason, now(), train_seconds, run_id))
 
     def task_status(self, run_id: int, task: str) -> Optional[str]:
         row = self.db.execute("SELECT status FROM task_runs WHERE run_id = ? AND task = ?",
@@ -195,7 +257,7 @@ class Store:
         return row["reason"] if row else None
 
     def record_task(self, run_id: int, task: str, result: TaskResult, status: str = "complete",
-                    reason: Optional[str] = None) -> None:
+                    reason: Optional[str] = None, seconds: Optional[float] = None) -> None:
         """Replace the task's metrics and curves and mark it, all in one transaction."""
         with self.transaction() as db:
             db.execute("DELETE FROM metrics WHERE run_id = ? AND task = ?", (run_id, task))
@@ -208,20 +270,22 @@ class Store:
                 "INSERT INTO curves (run_id, task, name, epoch, value) VALUES (?, ?, ?, ?, ?)",
                 [(run_id, task, name, epoch + 1, value)
                  for name, values in result.curves.items() for epoch, value in enumerate(values)])
-            db.execute("INSERT OR REPLACE INTO task_runs (run_id, task, status, reason, ended, artifacts) "
-                       "VALUES (?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT OR REPLACE INTO task_runs (run_id, task, status, reason, ended, "
+                       "artifacts, seconds) VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (run_id, task, status, reason, now(),
-                        json.dumps(result.artifacts, default=str)))
+                        json.dumps(result.artifacts, default=str), seconds))
 
     # -- reading ------------------------------------------------------------------------------
     def records(self) -> list[dict[str, Any]]:
-        """Every stored metric as a flat record (method, dataset, backbone, seed, task, metric,
-        value, unit, ...), in run order."""
+        """Every stored metric as a flat record (method and its option values, dataset,
+        backbone, seed, task, metric, value, unit, ...), in run order."""
         rows = self.db.execute(
-            "SELECT r.id AS run_id, r.method, r.method_name, r.dataset, r.backbone, r.seed, r.preset, "
-            "r.status AS run_status, m.task, m.name AS metric, m.value, m.unit, m.extra "
+            "SELECT r.id AS run_id, r.method, r.method_name, r.options AS method_options, "
+            "r.dataset, r.backbone, r.seed, r.preset, r.status AS run_status, m.task, "
+            "m.name AS metric, m.value, m.unit, m.extra "
             "FROM metrics m JOIN runs r ON r.id = m.run_id ORDER BY r.id, m.id").fetchall()
-        return [dict(row, extra=json.loads(row["extra"] or "{}")) for row in rows]
+        return [dict(row, extra=json.loads(row["extra"] or "{}"),
+                     method_options=json.loads(row["method_options"] or "{}")) for row in rows]
 
     def runs(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db.execute("SELECT * FROM runs ORDER BY id").fetchall()]

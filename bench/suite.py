@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -31,11 +30,12 @@ from bench.methods.base import MethodNet
 from bench.plugins import load_all
 from bench.presets import Recipe
 from bench.registry import DATASETS, TASKS, Spec
-from bench.store import Store
+from bench.store import Store, owner_token
 from bench.tasks.base import RunContext, TaskResult, task_key
 from bench.train import train
 
 STORE_NAME = "results.sqlite"
+OWNER = owner_token()  # this process, as the holder of the runs it claims
 
 
 @dataclass
@@ -55,11 +55,19 @@ class SuiteConfig:
     retry_failed: bool = False
     progress: bool = True
     jobs: int = 1  # parallel processes for independent (method, seed) runs
-    threads: Optional[int] = None  # torch CPU threads (default: torch's own choice)
+    threads: int = 1  # torch CPU threads per run (resolved by the caller: part of a CPU run's identity)
 
     @property
     def store_path(self) -> Path:
         return self.out_dir / STORE_NAME
+
+    @property
+    def execution(self) -> dict[str, Any]:
+        """What besides the recipe changes a run's numbers: the device type and, on the CPU, the
+        thread count (float reductions split over threads round differently)."""
+        if self.device.type == "cpu":
+            return {"device": "cpu", "threads": self.threads}
+        return {"device": self.device.type}
 
 
 @dataclass
@@ -69,6 +77,8 @@ class RunOutcome:
     status: str  # complete | skipped | failed
     reason: str = ""
     seconds: float = 0.0
+    run_id: Optional[int] = None
+    times: dict[str, float] = field(default_factory=dict)  # "training" and each task: seconds
 
 
 @dataclass
@@ -79,6 +89,7 @@ class TaskRecord:
     result: TaskResult
     status: str = "complete"
     reason: Optional[str] = None
+    seconds: Optional[float] = None
 
 
 @dataclass
@@ -91,6 +102,8 @@ class RunPlan:
     checkpoint: Path
     wanted: list[str]  # keys of every task this run should have
     pending: list[Spec] = field(default_factory=list)  # the tasks still to run
+    holder: Optional[str] = None  # another live process that has claimed the run
+    train_seconds: Optional[float] = None  # set by ``execute`` when it trains
 
 
 Sink = Callable[[TaskRecord], None]
@@ -111,7 +124,8 @@ def run_config(cfg: SuiteConfig, method: Spec, seed: int) -> dict[str, Any]:
     return {"method": method.name, "method_options": dict(method.options),
             "backbone": str(cfg.backbone), "backbone_options": dict(cfg.backbone.options),
             "dataset": cfg.dataset.name, "dataset_options": dict(cfg.dataset.options),
-            "recipe": dataclasses.asdict(cfg.recipe) | {"seeds": None}, "seed": seed}
+            "recipe": dataclasses.asdict(cfg.recipe) | {"seeds": None}, "seed": seed,
+            "execution": cfg.execution}
 
 
 def prepare_data(cfg: SuiteConfig) -> DataBundle:
@@ -135,23 +149,40 @@ def plan_run(cfg: SuiteConfig, store: Store, method: Spec, seed: int) -> RunPlan
     tasks = [t for t in cfg.tasks if TASKS.get(t.name).obj.per_seed or seed == 0]
     done = {"complete", "skipped"} | (set() if cfg.retry_failed else {"failed"})
     pending = [t for t in tasks if store.task_status(run_id, task_key(t)) not in done]
-    return RunPlan(method, seed, run_id, checkpoint_path(cfg.out_dir, store.run_hash(run_id)),
+    plan = RunPlan(method, seed, run_id, checkpoint_path(cfg.out_dir, store.run_hash(run_id)),
                    [task_key(t) for t in tasks], pending)
+    if pending:
+        plan.holder = store.claim(run_id, OWNER, str(cfg.device))
+        if plan.holder:
+            plan.pending = []
+    return plan
 
 
 def finish_run(store: Store, plan: RunPlan) -> str:
-    """Mark the run complete, or failed if any of its tasks failed; returns that status."""
+    """Mark the run complete, or failed if any of its tasks failed (a run claimed by another
+    process is left to it); returns the status."""
+    if plan.holder:
+        return "skipped"
     statuses = [store.task_status(plan.run_id, key) for key in plan.wanted]
     status = "failed" if "failed" in statuses else "complete"
     reasons = [r for r in (store.task_reason(plan.run_id, k) for k in plan.wanted) if r]
-    store.end_run(plan.run_id, status, reasons[0] if status == "failed" and reasons else None)
+    store.end_run(plan.run_id, status, reasons[0] if status == "failed" and reasons else None,
+                  plan.train_seconds)
     return status
 
 
-def store_sink(store: Store, plan: RunPlan) -> Sink:
-    """A sink writing each task result in its own transaction."""
-    return lambda record: store.record_task(plan.run_id, record.key, record.result, record.status,
-                                            record.reason)
+def store_sink(store: Store, plan: RunPlan, times: dict[str, float]) -> Sink:
+    """A sink writing each task result in its own transaction (and noting its time)."""
+    def write(record: TaskRecord) -> None:
+        store.record_task(plan.run_id, record.key, record.result, record.status, record.reason,
+                          record.seconds)
+        times[record.key] = record.seconds or 0.0
+    return write
+
+
+def skipped(plan: RunPlan) -> RunOutcome:
+    reason = f"claimed by {plan.holder}" if plan.holder else "already in the store"
+    return RunOutcome(str(plan.method), plan.seed, "skipped", reason, run_id=plan.run_id)
 
 
 # -- executing a run: no store access ---------------------------------------------------------------
@@ -174,18 +205,22 @@ def train_or_load(cfg: SuiteConfig, plan: RunPlan, data: DataBundle,
 
 
 def execute(cfg: SuiteConfig, plan: RunPlan, data: DataBundle, sink: Optional[Sink],
-            dist: Optional[Dist] = None) -> None:
-    """Train (or load) one run and measure its pending tasks, handing each result to ``sink``
-    (None on the torchrun ranks that only help train). A training failure fails the tasks that
-    need the trained model; the others still run."""
-    model, history, failure = None, None, None
+            dist: Optional[Dist] = None) -> Optional[float]:
+    """Train (or load) one run and measure its pending tasks, handing each result (with its
+    wall time) to ``sink`` (None on the torchrun ranks that only help train). A training failure
+    fails the tasks that need the trained model; the others still run. Returns the training
+    time when the run trained now (None when it loaded its checkpoint or needed no model)."""
+    model, history, failure, train_seconds = None, None, None, None
     if any(TASKS.get(t.name).obj.needs_training for t in plan.pending):
+        start = time.perf_counter()
+        trained = not plan.checkpoint.exists()
         try:
             model, history = train_or_load(cfg, plan, data, dist)
         except RunFailed as error:
             failure = str(error)
+        train_seconds = time.perf_counter() - start if trained else None
     if sink is None:
-        return
+        return train_seconds
     for spec in plan.pending:
         task = TASKS.get(spec.name).obj
         if task.needs_training and failure is not None:
@@ -195,7 +230,10 @@ def execute(cfg: SuiteConfig, plan: RunPlan, data: DataBundle, sink: Optional[Si
             model.eval()
         ctx = RunContext(plan.method, cfg.backbone, data, cfg.recipe, plan.seed, cfg.device,
                          cfg.out_dir, plan.run_id, model, history, spec.kwargs)
-        sink(TaskRecord(task_key(spec), task.run(ctx)))
+        start = time.perf_counter()
+        result = task.run(ctx)
+        sink(TaskRecord(task_key(spec), result, seconds=time.perf_counter() - start))
+    return train_seconds
 
 
 # -- the suite ----------------------------------------------------------------------------------------
@@ -208,8 +246,7 @@ def run_suite(cfg: SuiteConfig) -> list[RunOutcome]:
     if dist is not None:
         cfg = dataclasses.replace(cfg, device=local_device(), progress=cfg.progress and dist.is_main)
     store = Store(cfg.store_path) if dist is None or dist.is_main else None
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads)
     data = prepare_data(cfg)
     outcomes = []
     jobs = [(m, s) for m in cfg.methods for s in range(cfg.recipe.seeds)]
@@ -222,12 +259,14 @@ def run_suite(cfg: SuiteConfig) -> list[RunOutcome]:
             if not plan.pending:
                 if store is not None:
                     finish_run(store, plan)
-                outcomes.append(RunOutcome(str(method), seed, "skipped", "already in the store"))
+                outcomes.append(skipped(plan))
                 continue
-            execute(cfg, plan, data, store_sink(store, plan) if store else None, dist)
+            times: dict[str, float] = {}
+            plan.train_seconds = execute(cfg, plan, data,
+                                         store_sink(store, plan, times) if store else None, dist)
             status = finish_run(store, plan) if store else "complete"
             barrier(dist)
-            outcomes.append(_outcome(store, plan, status, time.perf_counter() - start))
+            outcomes.append(_outcome(store, plan, status, time.perf_counter() - start, times))
     finally:
         outer.close()
         if store is not None:
@@ -235,9 +274,13 @@ def run_suite(cfg: SuiteConfig) -> list[RunOutcome]:
     return outcomes
 
 
-def _outcome(store: Optional[Store], plan: RunPlan, status: str, seconds: float) -> RunOutcome:
+def _outcome(store: Optional[Store], plan: RunPlan, status: str, seconds: float,
+             times: dict[str, float]) -> RunOutcome:
     reason = store.run_reason(plan.run_id) if store is not None and status == "failed" else ""
-    return RunOutcome(str(plan.method), plan.seed, status, reason or "", seconds)
+    if plan.train_seconds is not None:
+        times = {"training": plan.train_seconds, **times}
+    return RunOutcome(str(plan.method), plan.seed, status, reason or "", seconds, plan.run_id,
+                      times)
 
 
 # -- parallel (method, seed) runs: ``--jobs N`` --------------------------------------------------------
@@ -252,9 +295,8 @@ def _worker_init(cfg: SuiteConfig, counter: Any) -> None:
     device = cfg.device
     if device.type == "cuda" and torch.cuda.device_count() > 1:
         device = torch.device("cuda", index % torch.cuda.device_count())
-    threads = cfg.threads or max((os.cpu_count() or 1) // cfg.jobs, 1)
-    cfg = dataclasses.replace(cfg, device=device, progress=False, threads=threads, jobs=1)
-    torch.set_num_threads(threads)
+    cfg = dataclasses.replace(cfg, device=device, progress=False, jobs=1)
+    torch.set_num_threads(cfg.threads)
     _WORKER["cfg"] = cfg
     _WORKER["data"] = prepare_data(cfg)
 
@@ -263,7 +305,7 @@ def _worker_run(plan: RunPlan) -> tuple[RunPlan, list[TaskRecord], float]:
     """Execute one planned run in a worker; its results go back to the driver."""
     start = time.perf_counter()
     records: list[TaskRecord] = []
-    execute(_WORKER["cfg"], plan, _WORKER["data"], records.append)
+    plan.train_seconds = execute(_WORKER["cfg"], plan, _WORKER["data"], records.append)
     return plan, records, time.perf_counter() - start
 
 
@@ -283,7 +325,7 @@ def run_parallel(cfg: SuiteConfig) -> list[RunOutcome]:
                     plans.append(plan)
                 else:
                     finish_run(store, plan)
-                    outcomes.append(RunOutcome(str(method), seed, "skipped", "already in the store"))
+                    outcomes.append(skipped(plan))
         if not plans:
             return outcomes
         context = mp.get_context("spawn")
@@ -294,10 +336,11 @@ def run_parallel(cfg: SuiteConfig) -> list[RunOutcome]:
             for plan, records, seconds in tqdm(results, total=len(plans),
                                                desc=f"suite ({cfg.jobs} jobs)", unit="run",
                                                disable=not cfg.progress, dynamic_ncols=True):
-                sink = store_sink(store, plan)
+                times: dict[str, float] = {}
+                sink = store_sink(store, plan, times)
                 for record in records:
                     sink(record)
-                outcomes.append(_outcome(store, plan, finish_run(store, plan), seconds))
+                outcomes.append(_outcome(store, plan, finish_run(store, plan), seconds, times))
     finally:
         store.close()
     return outcomes

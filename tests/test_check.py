@@ -90,8 +90,15 @@ def test_changed_params_or_flops_fail(gated, capsys, metric, delta):
     assert f"current {current}," in failures[0]
 
 
+def without_std(data: dict) -> None:
+    """Records without their seeds' std fall back to the default tolerances."""
+    for r in data["records"]:
+        r.pop("std", None)
+
+
 def test_accuracy_drop_beyond_tolerance_fails_rise_passes(gated, capsys):
     out_dir, baseline = gated
+    edit(baseline, without_std)
     edit(baseline, lambda d: record(d, "se", "top1").update(value=74.5 + 2.5))  # now 2.5 below
     edit(baseline, lambda d: record(d, "gap-fc", "top1").update(value=71.0 + 1.9))  # within 2.0
     edit(baseline, lambda d: record(d, "se", "maxboxacc_v2").update(value=51.5 - 8.0))  # a rise
@@ -129,18 +136,52 @@ def test_record_tolerance_and_lower_is_better(gated, capsys):
 
 def test_missing_records_and_every_regression_named(gated, capsys):
     out_dir, baseline = gated
+    edit(baseline, without_std)
 
     def change(data):
         data["records"].append(dict(record(data, "se", "top1"), method="cbam"))
         record(data, "gap-fc", "params").update(value=1.0)
         record(data, "gap-fc", "maxboxacc_v2").update(value=60.0)
     edit(baseline, change)
-    code, out, _ = cli(capsys, "check", "--out", str(out_dir), "--baseline", str(baseline))
+    code, out, _ = cli(capsys, "check", "--out", str(out_dir), "--baseline", str(baseline),
+                       "--methods", "gap-fc", "se", "cbam")
     assert code == 1
     named = [line.split(":")[0] for line in out.splitlines() if line.startswith(("REGRESSION", "MISSING"))]
     assert sorted(named) == ["MISSING cbam toy/resnet8 accuracy/top1",
                              "REGRESSION gap-fc toy/resnet8 cost/params",
                              "REGRESSION gap-fc toy/resnet8 wsol/maxboxacc_v2"]
+
+
+def test_update_records_the_seed_spread(gated):
+    _, baseline = gated
+    top1 = record(json.loads(baseline.read_text()), "gap-fc", "top1")
+    assert top1["seeds"] == 2 and top1["std"] == pytest.approx(2 ** 0.5)  # seeds 70 and 72
+
+
+@pytest.mark.parametrize("shift, fails", [(3.8, False), (4.1, True)])
+def test_noise_margin_from_the_baselines_seeds(gated, capsys, shift, fails):
+    """Baseline of m = 3 seeds with std 1; current mean of n = 2 seeds (71.0): the allowed drop
+    is t(0.975, 2) * 1 * sqrt(1/2 + 1/3) = 4.30265 * 0.91287 = 3.928 percentage points."""
+    out_dir, baseline = gated
+    edit(baseline, lambda d: record(d, "gap-fc", "top1").update(value=71.0 + shift, seeds=3, std=1.0))
+    code, out, _ = cli(capsys, "check", "--out", str(out_dir), "--baseline", str(baseline))
+    assert code == (1 if fails else 0)
+    if fails:
+        assert ("tolerance 3.928 (95% prediction margin of the baseline's 3 seeds, std 1)"
+                in out)
+
+
+def test_check_limits_itself_to_the_methods_in_the_store(gated, capsys):
+    out_dir, baseline = gated
+    edit(baseline, lambda d: d["records"].append(dict(record(d, "se", "top1"), method="cbam")))
+    code, out, _ = cli(capsys, "check", "--out", str(out_dir), "--baseline", str(baseline))
+    assert code == 0 and "(1 records of other methods not checked)" in out  # cbam: not run here
+    code, out, _ = cli(capsys, "check", "--out", str(out_dir), "--baseline", str(baseline),
+                       "--methods", "gap-fc")
+    assert code == 0 and "check passed: 4 baseline records" in out
+    code, out, _ = cli(capsys, "check", "--out", str(out_dir), "--baseline", str(baseline),
+                       "--methods", "gap-fc", "cbam")
+    assert code == 1 and "MISSING cbam toy/resnet8 accuracy/top1" in out
 
 
 def test_exact_metric_differing_between_seeds_fails(tmp_path, capsys):

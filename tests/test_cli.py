@@ -39,15 +39,31 @@ def test_run_stores_results_and_resume_skips(tmp_path, capsys):
 
 def test_results_json_records(tmp_path, capsys):
     run_cli(capsys, "run", "--methods", "gap-fc", "--out", str(tmp_path), *TOY)
-    code, out, _ = run_cli(capsys, "results", "--out", str(tmp_path), "--format", "json")
+    code, out, _ = run_cli(capsys, "results", "--out", str(tmp_path), "--format", "json",
+                           "--per-seed")
     assert code == 0
     records = json.loads(out)
     top1 = [r for r in records if r["metric"] == "top1"]
     assert len(top1) == 1
-    assert {"method", "dataset", "backbone", "seed", "task", "metric", "value", "unit"} <= set(top1[0])
+    assert {"method", "dataset", "backbone", "seed", "task", "metric", "value", "unit",
+            "method_options"} <= set(top1[0])
     assert top1[0]["unit"] == "%" and 0 <= top1[0]["value"] <= 100
-    code, out, _ = run_cli(capsys, "results", "--out", str(tmp_path), "--format", "csv")
+    code, out, _ = run_cli(capsys, "results", "--out", str(tmp_path), "--format", "csv",
+                           "--per-seed")
     assert out.splitlines()[0].startswith("method,dataset,backbone,seed,task,metric,value,unit")
+    code, out, _ = run_cli(capsys, "results", "--out", str(tmp_path), "--format", "json")
+    summary = {r["metric"]: r for r in json.loads(out)["summary"]}
+    assert summary["top1"]["mean"] == top1[0]["value"] and summary["top1"]["n"] == 1
+    assert summary["top1"]["ci_low"] is None  # one seed: no interval, never a zero-width one
+    code, out, _ = run_cli(capsys, "results", "--out", str(tmp_path))
+    assert "(n=1)" in out and "mean ± 95% CI" in out
+
+
+@pytest.mark.parametrize("flag, value", [("--interval", "jackknife"), ("--aggregate", "trimmed")])
+def test_results_refuses_unknown_statistics(tmp_path, capsys, flag, value):
+    Store(tmp_path / "results.sqlite").close()
+    code, _, err = run_cli(capsys, "results", "--out", str(tmp_path), flag, value)
+    assert code == 2 and err.count("\n") == 1 and f"{flag} {value!r}" in err and "valid: " in err
 
 
 def test_list_shows_every_registry(capsys):
@@ -133,3 +149,25 @@ def test_module_entry_point(tmp_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: --methods: unknown method 'bogus'")
+
+
+def test_two_recipes_are_never_pooled_as_seeds(tmp_path, capsys):
+    """A 1-epoch and a 2-epoch gap-fc run: two groups in the run's table, `bench results` and
+    the report, each with n=1; the gate refuses to pool them."""
+    base = ["run", "--methods", "gap-fc", "--out", str(tmp_path), "--dataset", "toy-quadrants",
+            "--backbone", "resnet8", "--no-progress", "--tasks", "accuracy"]
+    run_cli(capsys, *base, "--epochs", "1")
+    code, out, _ = run_cli(capsys, *base, "--epochs", "2")
+    assert code == 0 and "toy-quadrants / resnet8 (epochs=2)" in out
+    assert "(epochs=1)" not in out  # the run's table shows the recipe it ran, labelled
+    code, out, _ = run_cli(capsys, "results", "--out", str(tmp_path), "--format", "json")
+    top1 = [r for r in json.loads(out)["summary"] if r["metric"] == "top1"]
+    assert sorted(r["group"] for r in top1) == ["toy-quadrants / resnet8 (epochs=1)",
+                                                "toy-quadrants / resnet8 (epochs=2)"]
+    assert all(r["n"] == 1 for r in top1)
+    report = (tmp_path / "report.md").read_text()
+    assert "## toy-quadrants / resnet8 (epochs=1)" in report
+    assert "## toy-quadrants / resnet8 (epochs=2)" in report
+    code, _, err = run_cli(capsys, "check", "--out", str(tmp_path), "--baseline",
+                           str(tmp_path / "b.json"), "--update")
+    assert code == 2 and "several training recipes" in err

@@ -1,22 +1,23 @@
-"""Reports: tables (every method, units, deltas, Welch tests), figures, the self-contained HTML,
-method order and colours, recipe groups, and the report written by `bench run` / `bench report`."""
+"""Reports: tables (every method, units, intervals, paired differences and verdicts), the summary,
+figures, the self-contained HTML, method order and colours, recipe groups, and the report
+written by `bench run` / `bench report`."""
 from __future__ import annotations
 
 import base64
-import math
 import re
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hand_stats import holm, paired_p
 from PIL import Image
 
 from bench.cli import main
 from bench.registry import METHODS
 from bench.report import write_report
 from bench.report.collect import BASELINE_COLOUR, method_order, method_palette
-from bench.report.stats import welch
+from bench.report.stats import estimate
 from bench.report.tables import describe_extras
 from bench.store import Store
 from bench.tasks.base import Metric, TaskResult
@@ -25,7 +26,7 @@ METHOD_ORDER = ["gap-fc", "se", "se[r=8]", "ssia"]  # none but gap-fc registered
 TOP1 = {"gap-fc": [70.0, 72.0], "se": [74.0, 75.0], "se[r=8]": [71.0, 73.5], "ssia": [70.5]}
 WSOL = ["gt_known_loc", "top1_loc", "maxboxacc_v2", "maxboxacc_30", "maxboxacc_50", "maxboxacc_70",
         "maxboxacc_v1", "pxap"]
-FIGURE_KINDS = ["accuracy-vs-gmacs", "training-step", "latency", "wsol", "curves"]
+FIGURE_KINDS = ["accuracy-vs-cost", "training-step", "latency", "wsol", "curves"]
 
 
 def add_run(store: Store, method: str, seed: int, recipe: dict | None = None) -> int:
@@ -96,35 +97,6 @@ def md_tables(markdown: str) -> dict[str, list[list[str]]]:
     return tables
 
 
-def t_cdf(t: float, df: float) -> float:
-    """Student's t CDF by numerical integration of its density (independent of scipy)."""
-    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    x = np.linspace(0.0, abs(t), 200001)
-    density = np.exp(log_c - (df + 1) / 2 * np.log1p(x * x / df))
-    area = float(np.sum((density[1:] + density[:-1]) / 2 * np.diff(x)))
-    return 0.5 + math.copysign(area, t)
-
-
-@pytest.mark.parametrize("a, b", [([74.0, 75.0], [70.0, 72.0]), ([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 9.0]),
-                                  ([90.1, 90.5, 89.7], [90.0, 90.2, 90.4, 90.3, 89.9])])
-def test_welch_matches_hand_computation(a, b):
-    ma, mb = sum(a) / len(a), sum(b) / len(b)
-    va = sum((x - ma) ** 2 for x in a) / (len(a) - 1) / len(a)
-    vb = sum((x - mb) ** 2 for x in b) / (len(b) - 1) / len(b)
-    t = (ma - mb) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    p = 2 * (1 - t_cdf(abs(t), df))
-    result = welch(a, b)
-    assert result.t == pytest.approx(t, rel=1e-12)
-    assert result.df == pytest.approx(df, rel=1e-12)
-    assert result.p == pytest.approx(p, rel=1e-6)
-
-
-def test_welch_undefined_cases():
-    assert welch([1.0], [1.0, 2.0]) is None
-    assert welch([3.0, 3.0], [4.0, 4.0]) is None
-
-
 def test_method_order_and_palette():
     registered = [n for n in METHODS.names() if n != "gap-fc"]
     specs = ["zz-gone", "gap-fc[x=1]", "aa-gone"] + [f"{n}[x=1]" for n in registered] + \
@@ -162,8 +134,8 @@ def test_every_method_in_every_table_in_order(report):
 def test_units_and_settings(report):
     _, _, markdown, _ = report
     tables = md_tables(markdown)
-    assert tables["Accuracy"][0][:5] == ["method", "seeds", "top-1 (%)", "Δ top-1 vs gap-fc (pp)",
-                                         "p (Welch, top-1)"]
+    assert tables["Accuracy"][0][:6] == ["method", "seeds", "top-1 (%)", "Δ top-1 (pp) [95% CI]",
+                                         "p (Holm, top-1)", "verdict (top-1)"]
     assert "test loss (nats)" in tables["Accuracy"][0]
     assert tables["Size, compute and memory"][0] == [
         "method", "params (count)", "added params (count)", "GMACs, fvcore default ops",
@@ -185,21 +157,37 @@ def test_settings_that_differ_name_their_methods():
 
 
 def test_accuracy_numbers(report):
+    """Means with intervals; differences paired by seed; paired t-tests Holm-corrected over the
+    two methods with a test (se, se[r=8]); one seed: no interval and no test."""
     _, _, markdown, _ = report
     rows = {r[0]: r for r in md_tables(markdown)["Accuracy"][1:]}
-    assert rows["gap-fc"][1:5] == ["2", f"71.00 ± {math.sqrt(2):.2f}", "reference", "reference"]
-    p = welch(TOP1["se"], TOP1["gap-fc"]).p
-    assert rows["se"][2:5] == ["74.50 ± 0.71", "+3.50", f"{p:.3g}"]
-    assert rows["se[r=8]"][3] == "+1.25"
-    assert rows["ssia"][1:5] == ["1", "70.50", "-0.50", "1 seed: no test"]
-    assert rows["se"][7] == "no variance: no test"  # top-5 is 99.0 for every run
+    assert rows["gap-fc"][1:6] == ["2", estimate(TOP1["gap-fc"]).text("%", 2), "reference", "—",
+                                   "reference"]
+    diffs = {m: [a - b for a, b in zip(TOP1[m], TOP1["gap-fc"])] for m in ("se", "se[r=8]")}
+    holm_se = holm([paired_p(diffs["se"]), paired_p(diffs["se[r=8]"])])[0]
+    assert rows["se"][2] == estimate(TOP1["se"]).text("%", 2)
+    assert rows["se"][3].startswith("+3.50 [")  # paired differences 4 and 3
+    assert rows["se"][4] == f"{holm_se:.3g}"
+    assert rows["se"][5] == "no detectable difference (n=2)"
+    assert rows["se[r=8]"][3].startswith("+1.25 [")
+    assert rows["ssia"][1:6] == ["1", "70.50 (n=1, no interval)", "+0.50 (n=1)", "—",
+                                 "n=1: no test"]  # paired: seed 0 only (70.5 vs 70.0)
+    assert rows["se"][9] == "no spread: no test"  # top-5 is 99.0 for every run
+
+
+def test_summary_states_the_verdicts_first(report):
+    _, _, markdown, _ = report
+    summary = markdown.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "toy / resnet8 (1-2 seeds" in summary
+    assert "se: +3.50 pp [" in summary and "no detectable difference (2 seeds)" in summary
+    assert "ssia: +0.50 pp, n=1: no test (1 seed)" in summary
 
 
 def test_wsol_cost_and_missing_cells(report):
     _, _, markdown, _ = report
     tables = md_tables(markdown)
     wsol = {r[0]: r for r in tables["Weakly-supervised object localization"][1:]}
-    assert wsol["se"][1] == "41.50 ± 0.71"  # gt_known_loc: 40 + k(1) + seed(0, 1)
+    assert wsol["se"][1] == estimate([41.0, 42.0]).text("%", 2)  # 40 + k(1) + seed(0, 1)
     assert set(wsol["ssia"][1:]) == {"—"}
     cost = {r[0]: r for r in tables["Size, compute and memory"][1:]}
     assert cost["se[r=8]"][1:5] == ["80,000", "2,000", "0.01400", "0.01450"]
@@ -248,8 +236,9 @@ def test_recipes_are_reported_apart(tmp_path):
     store.close()
     markdown = write_report(tmp_path).markdown.read_text()
     assert "## toy / resnet8 (epochs=1)" in markdown and "## toy / resnet8 (epochs=3)" in markdown
-    sections = markdown.split("\n## ")[1:3]
-    assert [md_tables(s)["Accuracy"][1][2] for s in sections] == ["50.00", "80.00"]
+    sections = markdown.split("\n## ")[2:4]  # after the summary
+    assert [md_tables(s)["Accuracy"][1][2] for s in sections] == [
+        "50.00 (n=1, no interval)", "80.00 (n=1, no interval)"]
 
 
 def test_empty_store_and_missing_store(tmp_path, capsys):

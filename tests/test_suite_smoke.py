@@ -45,7 +45,7 @@ def test_method_learns_and_localizes(smoke_records, method):
 
 def test_results_command_lists_every_method_and_task(smoke_records, capsys):
     out, _, _ = smoke_records
-    assert main(["results", "--out", str(out), "--format", "json"]) == 0
+    assert main(["results", "--out", str(out), "--format", "json", "--per-seed"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert {(r["method"], r["task"]) for r in listed} == {
         (m, t) for m in METHODS.names() for t in ("accuracy", "wsol")}

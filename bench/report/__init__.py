@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.report.collect import Group, ReportData, load, resolve_artifact
-from bench.report.document import Block, Document, Figure, Image, Paragraph, Section
+from bench.report.conclusions import verdict_summary
+from bench.report.document import Block, Document, Figure, Image, Paragraph, Section, Table
 from bench.report.environment import environment_blocks
 from bench.report.figures import Plotter, group_figures
 from bench.report.html import MIME, render_html
@@ -57,20 +58,75 @@ def artifact_images(group: Group, out_dir: Path) -> list[Block]:
     return blocks
 
 
-def group_section(group: Group, data: ReportData, plot: Plotter) -> Section:
+def seeds_text(group: Group) -> str:
+    counts = sorted(set(group.records[group.records["metric"] == "top1"]
+                        .groupby("method")["seed"].nunique()))
+    if not counts:
+        return "no accuracy results"
+    return f"{'-'.join(map(str, (counts[0], counts[-1]))) if len(counts) > 1 else counts[0]} seeds"
+
+
+def summary_section(data: ReportData, interval: str) -> Section:
+    """The conclusions first: per group, each method against the baseline (paired by seed,
+    Holm-corrected), from the same statistics as the tables."""
+    blocks: list[Block] = []
+    for group in data.groups:
+        lines = verdict_summary(group, interval)
+        text = " ".join(lines) if lines else "No method compared with the baseline yet."
+        blocks.append(Paragraph(f"{group.label} ({seeds_text(group)}; difference to the "
+                                f"baseline [95% CI], verdict at the Holm-corrected 5% level): "
+                                f"{text}"))
+    if not blocks:
+        blocks.append(Paragraph("No results stored yet."))
+    return Section("Summary", "summary", blocks)
+
+
+def time_spent_table(group: Group) -> Table | None:
+    """Where the time went: per method, training and each task, summed over its runs."""
+    seconds: dict[str, dict[str, float]] = {}
+    runs = {r.id: r for r in group.runs.itertuples()}
+    for run in runs.values():
+        train = getattr(run, "train_seconds", None)
+        if train is not None and train == train:
+            seconds.setdefault(run.method, {})["training"] = (
+                seconds.get(run.method, {}).get("training", 0.0) + train)
+    for task in group.task_runs:
+        run = runs.get(task["run_id"])
+        if run is not None and task.get("seconds") is not None:
+            phase = seconds.setdefault(run.method, {})
+            phase[task["task"]] = phase.get(task["task"], 0.0) + task["seconds"]
+    if not seconds:
+        return None
+    phases = list(dict.fromkeys(p for m in seconds.values() for p in m))
+    methods = [m for m in group.methods if m in seconds]
+    rows = [[m] + [f"{seconds[m].get(p, 0.0):,.1f}" for p in phases]
+            + [f"{sum(seconds[m].values()):,.1f}"] for m in methods]
+    totals = {p: sum(seconds[m].get(p, 0.0) for m in methods) for p in phases}
+    grand = sum(totals.values())
+    rows.append(["all methods"] + [f"{totals[p]:,.1f} ({100 * totals[p] / grand:.0f}%)"
+                                   for p in phases] + [f"{grand:,.1f}"])
+    return Table("Where the time went", ["method"] + [f"{p} (s)" for p in phases] + ["total (s)"],
+                 rows, methods + [None],
+                 ["wall time of each phase, summed over the method's runs (seeds), as stored; "
+                  "training time is absent for runs whose weights were loaded from a checkpoint."])
+
+
+def group_section(group: Group, data: ReportData, plot: Plotter, interval: str) -> Section:
     blocks: list[Block] = [recipe_paragraph(group)]
-    blocks += group_tables(group)
+    blocks += group_tables(group, interval)
+    timing = time_spent_table(group)
+    if timing is not None:
+        blocks.append(timing)
     blocks += group_figures(group, plot)
     blocks += artifact_images(group, data.out_dir)
     return Section(group.label, group.slug, blocks, group.methods)
 
 
-def build_document(data: ReportData) -> Document:
+def build_document(data: ReportData, interval: str = "bootstrap") -> Document:
     """The whole report for the store's contents; every table and figure that the data allow."""
     plot = Plotter(data.out_dir / "figures", data.palette)
-    sections = [group_section(g, data, plot) for g in data.groups]
-    if not sections:
-        sections.append(Section("Results", "results", [Paragraph("No results stored yet.")]))
+    sections = [summary_section(data, interval)]
+    sections += [group_section(g, data, plot, interval) for g in data.groups]
     sections.append(Section("Environment", "environment", environment_blocks(data.runs)))
     subtitle = (f"{len(data.runs)} runs in {data.out_dir / 'results.sqlite'}, "
                 f"{len(data.groups)} dataset/backbone/recipe group(s).")
@@ -83,10 +139,14 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_report(out_dir: Path) -> ReportFiles:
-    """Read the store under ``out_dir`` and write report.md, report.html and figures/ there."""
+def write_report(out_dir: Path, interval: str = "bootstrap") -> ReportFiles:
+    """Read the store under ``out_dir`` and write report.md, report.html and figures/ there;
+    ``interval``: how confidence intervals are computed (bootstrap or t)."""
+    from bench.report.stats import check_interval
+
     out_dir = Path(out_dir)
-    doc = build_document(load(out_dir))
+    check_interval(interval)
+    doc = build_document(load(out_dir), interval)
     markdown, html = out_dir / "report.md", out_dir / "report.html"
     _write(markdown, render_markdown(doc, out_dir))
     _write(html, render_html(doc))

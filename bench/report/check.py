@@ -4,7 +4,8 @@ Baseline file::
 
     {"default_tolerance": {"accuracy": 2.0, "wsol": 5.0},
      "records": [{"method": "gap-fc", "dataset": "digits-clutter", "backbone": "resnet8",
-                  "task": "accuracy", "metric": "top1", "value": 91.2, "tolerance": 1.5}, ...]}
+                  "task": "accuracy", "metric": "top1", "value": 91.2, "seeds": 3,
+                  "std": 1.1}, ...]}
 
 Rules (current value = mean over the stored seeds; how each metric is gated, and which way is
 better, come from the metric catalogue, ``bench.metrics``):
@@ -12,10 +13,15 @@ better, come from the metric catalogue, ``bench.metrics``):
   agree);
 - every metric gated with a tolerance may move by at most that tolerance in the bad direction; a
   move in the good direction beyond it passes and is reported as an improvement to adopt with
-  ``--update``. The tolerance is the record's ``tolerance``, else ``default_tolerance[metric]``,
-  else, for percentage metrics only, ``default_tolerance[task]``, else the catalogue's default;
-  it is in the metric's own unit (percentage points for accuracy and localization), so a task's
-  default never applies to e.g. its loss in nats;
+  ``--update``. The tolerance is the record's own ``tolerance`` if it has one; else, where the
+  baseline holds several seeds (``seeds`` >= 2 and their ``std``, written by ``--update``), the
+  seed noise decides: the half-width of the 95% prediction interval of the current mean,
+  t(0.975, m - 1) * std * sqrt(1/n + 1/m) for m baseline and n current seeds; else
+  ``default_tolerance[metric]``, else, for percentage metrics only, ``default_tolerance[task]``,
+  else the catalogue's default. Tolerances are in the metric's own unit (percentage points for
+  accuracy and localization), so a task's default never applies to e.g. its loss in nats;
+- ``--methods`` limits the gate to some methods (default: the methods in the store), so a store
+  of a subset is checked against the records of that subset;
 - metrics not gated (timings: too noisy) are never compared; a baseline listing one is refused;
 - a baseline record with no stored value is a failure; stored values without a record are ignored.
 """
@@ -38,7 +44,7 @@ from bench.tasks.base import task_name
 
 DEFAULT_TOLERANCE = {"accuracy": 2.0, "wsol": 5.0}
 KEY_FIELDS = ("method", "dataset", "backbone", "task", "metric")
-OPTIONAL_FIELDS = ("tolerance", "seeds")
+OPTIONAL_FIELDS = ("tolerance", "seeds", "std")
 EPS = 1e-9  # float slack on tolerance comparisons (not used for exact metrics)
 
 Key = tuple[str, str, str, str, str]
@@ -50,6 +56,19 @@ class Record:
     value: float
     tolerance: Optional[float]
     where: str  # "file:line: record i" for messages
+    seeds: Optional[int] = None  # how many seeds ``value`` averages
+    std: Optional[float] = None  # their sample standard deviation (with 2 seeds or more)
+
+    def noise_margin(self, current_seeds: int) -> Optional[float]:
+        """How far the mean of ``current_seeds`` new seeds may fall below the baseline's mean by
+        seed noise alone: the half-width of the 95% prediction interval, t(0.975, m - 1) * std *
+        sqrt(1/n + 1/m), for a baseline of m >= 2 seeds; None otherwise."""
+        if self.std is None or not self.seeds or self.seeds < 2 or current_seeds < 1:
+            return None
+        from scipy import stats
+
+        quantile = float(stats.t.ppf(0.975, self.seeds - 1))
+        return quantile * self.std * math.sqrt(1 / current_seeds + 1 / self.seeds)
 
     def describe(self) -> str:
         method, dataset, backbone, task, metric = self.key
@@ -92,11 +111,14 @@ class CheckResult:
     failures: list[str] = field(default_factory=list)
     improvements: list[str] = field(default_factory=list)
     passed: int = 0
+    not_gated: int = 0  # baseline records of methods outside the checked set
 
     def lines(self) -> list[str]:
         summary = (f"check failed: {len(self.failures)} of {len(self.failures) + self.passed} "
                    "baseline records regressed or missing" if self.failures else
                    f"check passed: {self.passed} baseline records within tolerance")
+        if self.not_gated:
+            summary += f" ({self.not_gated} records of other methods not checked)"
         return self.failures + self.improvements + [summary]
 
 
@@ -179,8 +201,14 @@ def _parse_record(item: Any, where: str) -> Record:
         raise BenchError(f"{where}: {metric} is compared exactly; remove its tolerance")
     if tolerance is not None and not (_is_number(tolerance) and tolerance >= 0):
         raise BenchError(f"{where}: tolerance must be a number >= 0, got {tolerance!r}")
+    for name in ("seeds", "std"):
+        value = item.get(name)
+        if value is not None and not (_is_number(value) and value >= 0):
+            raise BenchError(f"{where}: {name} must be a number >= 0, got {value!r}")
     key = tuple(item[k] for k in KEY_FIELDS)
-    return Record(key, float(item["value"]), None if tolerance is None else float(tolerance), where)
+    return Record(key, float(item["value"]), None if tolerance is None else float(tolerance), where,
+                  None if item.get("seeds") is None else int(item["seeds"]),
+                  None if item.get("std") is None else float(item["std"]))
 
 
 def stored_values(out_dir: Path) -> dict[Key, tuple[str, list[float]]]:
@@ -206,7 +234,9 @@ def stored_values(out_dir: Path) -> dict[Key, tuple[str, list[float]]]:
 
 
 def compare(record: Record, tolerance: Optional[float], values: list[float]) -> tuple[str, str]:
-    """("fail" | "improved" | "ok", message) for one baseline record and its stored values."""
+    """("fail" | "improved" | "ok", message) for one baseline record and its stored values. A
+    record of several seeds (with their std) and no tolerance of its own is compared by its
+    seed noise (``Record.noise_margin``) instead of the default tolerance."""
     metric = record.key[4]
     if not values:
         return "fail", f"MISSING {record.describe()}: baseline {number(record.value)}, not in the store"
@@ -223,8 +253,15 @@ def compare(record: Record, tolerance: Optional[float], values: list[float]) -> 
     current = float(np.mean(values))
     change = current - record.value
     worse = change if lower_is_better(metric) else -change
+    margin = record.noise_margin(len(values)) if record.tolerance is None else None
+    if margin is not None:
+        tolerance = margin
+        how = (f"tolerance {margin:.4g} (95% prediction margin of the baseline's {record.seeds} "
+               f"seeds, std {record.std:.4g})")
+    else:
+        how = f"tolerance {tolerance:g}"
     text = (f"{record.describe()}: baseline {record.value:.4f}, current {current:.4f} "
-            f"(mean of {len(values)} seed{'s' if len(values) != 1 else ''}), tolerance {tolerance:g}")
+            f"(mean of {len(values)} seed{'s' if len(values) != 1 else ''}), {how}")
     if worse > tolerance + EPS:
         return "fail", f"REGRESSION {text}"
     if -worse > tolerance + EPS:
@@ -232,12 +269,18 @@ def compare(record: Record, tolerance: Optional[float], values: list[float]) -> 
     return "ok", ""
 
 
-def check(out_dir: Path, baseline_path: Path) -> CheckResult:
-    """Compare the store under ``out_dir`` with the baseline file; every regression is named."""
+def check(out_dir: Path, baseline_path: Path,
+          methods: Optional[list[str]] = None) -> CheckResult:
+    """Compare the store under ``out_dir`` with the baseline file, for ``methods`` (default: the
+    methods in the store); every regression is named."""
     baseline = load_baseline(baseline_path)
     stored = stored_values(out_dir)
+    chosen = set(methods) if methods is not None else {k[0] for k in stored}
     result = CheckResult()
     for record in baseline.records:
+        if record.key[0] not in chosen:
+            result.not_gated += 1
+            continue
         unit, values = stored.get(record.key, ("", []))
         tolerance = baseline.tolerance(record, unit)
         if values and tolerance is None and gate(record.key[4]) != EXACT:
@@ -275,6 +318,8 @@ def update_baseline(out_dir: Path, baseline_path: Path) -> tuple[int, list[str]]
         distinct = sorted(set(values))
         value = distinct[0] if gate(metric) == EXACT and len(distinct) == 1 else float(np.mean(values))
         record = dict(zip(KEY_FIELDS, key), value=value, seeds=len(values))
+        if gate(metric) != EXACT and len(values) > 1:
+            record["std"] = float(np.std(values, ddof=1))
         if key in kept:
             record["tolerance"] = kept[key]
         records.append(record)

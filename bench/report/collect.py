@@ -130,56 +130,80 @@ def _recipe_label(recipe: dict[str, Any], others: list[dict[str, Any]]) -> str:
 
 def add_settings(records: pd.DataFrame) -> pd.DataFrame:
     """Add a ``setting`` column telling apart several records of one metric in one run (latency at
-    several batch sizes): the ``extra`` fields whose values differ among them, as ``k=v, ...``."""
+    several batch sizes, a task run with other options): the ``extra`` fields whose values differ
+    among them, as ``k=v, ...``; the task's identity where those do not tell them apart."""
     records = records.copy()
     records["setting"] = ""
-    for _, metric in records.groupby(["task", "metric"], sort=False):
+    for _, metric in records.groupby("metric", sort=False):
         keys: set[str] = set()
+        tasks = False
         for _, same_run in metric.groupby("run_id"):
             if len(same_run) > 1:
                 extras = list(same_run["extra"])
                 keys |= {k for e in extras for k in e if any(o.get(k) != e.get(k) for o in extras)}
-        if keys:
-            records.loc[metric.index, "setting"] = [
-                ", ".join(f"{k}={e.get(k)}" for k in sorted(keys)) for e in metric["extra"]]
+                tasks |= same_run["task"].nunique() > 1
+        if not keys and not tasks:
+            continue
+        settings = [", ".join(f"{k}={e.get(k)}" for k in sorted(keys)) for e in metric["extra"]]
+        if tasks and len(set(zip(metric["run_id"], settings))) < len(metric):
+            settings = [f"task={t}" + (f", {s}" if s else "") for t, s in zip(metric["task"],
+                                                                             settings)]
+        records.loc[metric.index, "setting"] = settings
     return records
 
 
-def load(out_dir: Path, store_name: str = "results.sqlite") -> ReportData:
-    """Everything in the store under ``out_dir``, grouped for the report."""
-    store = Store(Path(out_dir) / store_name, create=False)
-    try:
-        runs_list = store.runs()
-        records = annotate_recipes(store.records(), runs_list)
-        curves = _frame(store.curves(), ["run_id", "method", "dataset", "backbone", "seed", "task",
-                                         "name", "epoch", "value"])
-        task_runs = store.task_runs()
-    finally:
-        store.close()
-    runs = _frame(runs_list, ["id", "method", "method_name", "backbone", "dataset", "seed", "preset",
-                              "config", "status", "reason", "started", "ended", "torch_version",
-                              "device", "git_commit"])
-    runs["recipe"] = [json.dumps(recipe_of(c), sort_keys=True) for c in runs["config"]]
-    palette = method_palette(list(runs["method"]))
+def configuration_groups(records: list[dict[str, Any]], runs: list[dict[str, Any]],
+                         curves: Optional[list[dict[str, Any]]] = None,
+                         task_runs: Optional[list[dict[str, Any]]] = None) -> list[Group]:
+    """The one grouping of stored results used everywhere (report, ``bench results``, the
+    summary after a run, the gate): runs are comparable when dataset, backbone and the whole
+    training recipe agree (only the seed and the method may differ). A group's label names what
+    sets it apart from the other groups of its dataset and backbone (``epochs=3``), so that two
+    recipes are never presented as one."""
+    frame = annotate_recipes(records, runs)
+    curve_frame = _frame(curves or [], ["run_id", "method", "dataset", "backbone", "seed", "task",
+                                        "name", "epoch", "value"])
+    run_frame = _frame(runs, ["id", "method", "method_name", "backbone", "dataset", "seed",
+                              "preset", "config", "status", "reason", "started", "ended",
+                              "torch_version", "device", "git_commit"])
+    run_frame["recipe"] = [json.dumps(recipe_of(c), sort_keys=True) for c in run_frame["config"]]
     groups = []
-    keys = list(dict.fromkeys(zip(runs["dataset"], runs["backbone"], runs["recipe"])))
+    keys = list(dict.fromkeys(zip(run_frame["dataset"], run_frame["backbone"], run_frame["recipe"])))
     for dataset, backbone, recipe in keys:
         siblings = [json.loads(r) for d, b, r in keys if (d, b) == (dataset, backbone) and r != recipe]
         label = f"{dataset} / {backbone}"
         differs = _recipe_label(json.loads(recipe), siblings) if siblings else ""
         if differs:
             label += f" ({differs})"
-        in_group = runs[(runs["dataset"] == dataset) & (runs["backbone"] == backbone)
-                        & (runs["recipe"] == recipe)]
+        in_group = run_frame[(run_frame["dataset"] == dataset) & (run_frame["backbone"] == backbone)
+                             & (run_frame["recipe"] == recipe)]
         ids = set(in_group["id"])
         groups.append(Group(
             dataset, backbone, json.loads(recipe), label,
-            add_settings(records[records["run_id"].isin(ids)].reset_index(drop=True)),
-            curves[curves["run_id"].isin(ids)].reset_index(drop=True),
+            add_settings(frame[frame["run_id"].isin(ids)].reset_index(drop=True)),
+            curve_frame[curve_frame["run_id"].isin(ids)].reset_index(drop=True),
             in_group.reset_index(drop=True),
-            [t for t in task_runs if t["run_id"] in ids],
+            [t for t in task_runs or [] if t["run_id"] in ids],
             method_order(list(in_group["method"]))))
-    return ReportData(Path(out_dir), groups, runs, palette)
+    return groups
+
+
+def read_store(out_dir: Path, store_name: str = "results.sqlite") -> tuple[list, list, list, list]:
+    """Records, runs, curves and task runs of the store under ``out_dir`` (read-only)."""
+    store = Store(Path(out_dir) / store_name, create=False)
+    try:
+        return store.records(), store.runs(), store.curves(), store.task_runs()
+    finally:
+        store.close()
+
+
+def load(out_dir: Path, store_name: str = "results.sqlite") -> ReportData:
+    """Everything in the store under ``out_dir``, grouped for the report."""
+    records, runs, curves, task_runs = read_store(out_dir, store_name)
+    groups = configuration_groups(records, runs, curves, task_runs)
+    palette = method_palette([r["method"] for r in runs])
+    run_frame = pd.concat([g.runs for g in groups]) if groups else _frame([], ["id", "method"])
+    return ReportData(Path(out_dir), groups, run_frame, palette)
 
 
 def resolve_artifact(out_dir: Path, path: str) -> Optional[Path]:

@@ -1,6 +1,8 @@
 """The report's figures (seaborn on matplotlib's object API, no pyplot state), each written as PNG
-and SVG under ``figures/``: accuracy vs GMACs, training-step cost, latency, WSOL metrics and the
-per-epoch training curves. Every method keeps its palette colour and its place in the order."""
+and SVG under ``figures/``: accuracy against cost (GMACs and training-step cost), training-step
+cost, latency, WSOL metrics and the per-epoch training curves. Error bars are the 95% confidence
+intervals of bench/report/stats.py (the same as in the tables); curve bands are seaborn's seeded
+bootstrap intervals. Every method keeps its palette colour and its place in the order."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,10 +17,11 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from bench.report.collect import BASELINE, Group
-from bench.report.document import Figure
 from bench.metrics import METRICS
-from bench.report.tables import seed_values
+from bench.report.collect import BASELINE, Group
+from bench.report.conclusions import analyse
+from bench.report.document import Figure
+from bench.report.stats import SEED, Estimate
 
 STYLE = {"svg.hashsalt": "bench-report", "svg.fonttype": "path", "font.size": 9,
          "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8}
@@ -53,11 +56,21 @@ def _legend(fig: MplFigure, methods: list[str], palette: dict[str, str], marker:
     fig.legend(handles, methods, loc="outside right upper", frameon=False)
 
 
-def _bars(ax: Axes, data: pd.DataFrame, methods: list[str], palette: dict[str, str], ylabel: str) -> None:
-    """One bar per method (mean over seeds, sd error bars when there are several)."""
-    order = [m for m in methods if m in set(data["method"])]
-    sns.barplot(data=data, x="method", y="value", hue="method", order=order, hue_order=order,
-                palette=palette, errorbar="sd", legend=False, ax=ax)
+def _yerr(estimates: list[Estimate]) -> np.ndarray:
+    """Asymmetric error bars (2, N) from intervals (0 where there is none)."""
+    return np.array([[e.mean - e.low if e.low is not None else 0.0 for e in estimates],
+                     [e.high - e.mean if e.high is not None else 0.0 for e in estimates]])
+
+
+def _bars(ax: Axes, group: Group, metric: str, palette: dict[str, str], ylabel: str,
+          setting: str = "") -> None:
+    """One bar per method: the mean over seeds, with its 95% interval when there are several."""
+    result = analyse(group.records, group.methods, metric, setting)
+    order = [m for m in group.methods if m in result.estimates]
+    estimates = [result.estimates[m] for m in order]
+    ax.bar(order, [e.mean for e in estimates], color=[palette[m] for m in order])
+    ax.errorbar(order, [e.mean for e in estimates], yerr=_yerr(estimates), fmt="none",
+                ecolor="#222222", capsize=3, linewidth=1)
     ax.set_xlabel("")
     ax.set_ylabel(ylabel)
     ax.tick_params(axis="x", labelrotation=30)
@@ -70,29 +83,34 @@ def _metric(group: Group, metric: str) -> pd.DataFrame:
     return rows.dropna(subset=["value"])
 
 
-def accuracy_vs_gmacs(group: Group, plot: Plotter) -> Optional[Figure]:
-    """Top-1 (mean, sd error bars) against deployed GMACs: one point per method."""
-    x_metric = "gmacs_all" if len(_metric(group, "gmacs_all")) else "gmacs"
-    points = []
-    for method in group.methods:
-        top1 = seed_values(group.records, method, "top1")
-        cost = seed_values(group.records, method, x_metric)
-        if top1 and cost:
-            points.append((method, float(np.mean(cost)), float(np.mean(top1)),
-                           float(np.std(top1, ddof=1)) if len(top1) > 1 else 0.0))
-    if not points:
+def accuracy_vs_cost(group: Group, plot: Plotter) -> Optional[Figure]:
+    """Top-1 (mean with its 95% interval) against deployed GMACs and against the training-step
+    cost: one labelled point per method and panel."""
+    top1 = analyse(group.records, group.methods, "top1").estimates
+    gmacs = "gmacs_all" if len(_metric(group, "gmacs_all")) else "gmacs"
+    panels = [(metric, label) for metric, label in (
+        (gmacs, "GMACs of the deployed network (" + ("incl. element-wise ops)" if gmacs == "gmacs_all"
+                                                     else "fvcore default ops)")),
+        ("train_step_ratio", f"training-step time (x {BASELINE})")) if len(_metric(group, metric))]
+    if not top1 or not panels:
         return None
-    fig, ax = plot.new()
-    for method, x, y, err in points:
-        ax.errorbar(x, y, yerr=err, fmt="o", color=plot.palette[method], ecolor=plot.palette[method],
-                    capsize=3, markersize=7, label=method)
-    conv = "incl. element-wise ops" if x_metric == "gmacs_all" else "fvcore default ops"
-    ax.set_xlabel(f"GMACs of the deployed network ({conv})")
-    ax.set_ylabel("test top-1 (%)")
-    _legend(fig, [p[0] for p in points], plot.palette, "o")
-    return plot.save(fig, f"{group.slug}-accuracy-vs-gmacs", "Accuracy vs compute",
-                f"Test top-1 accuracy (mean over seeds, error bars: sample std) against GMACs "
-                f"({conv}), one point per method.")
+    fig, axes = plot.new(ncols=len(panels), width=5.2 * len(panels) + 1.6)
+    for ax, (metric, xlabel) in zip(np.atleast_1d(axes), panels):
+        cost = analyse(group.records, group.methods, metric).estimates
+        methods = [m for m in group.methods if m in top1 and m in cost]
+        for method in methods:
+            x, y = cost[method].mean, top1[method]
+            ax.errorbar(x, y.mean, yerr=_yerr([y]), fmt="o", color=plot.palette[method],
+                        ecolor=plot.palette[method], capsize=3, markersize=7)
+            ax.annotate(method, (x, y.mean), xytext=(5, 4), textcoords="offset points",
+                        fontsize=7.5, color="#333333")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test top-1 (%)")
+    _legend(fig, [m for m in group.methods if m in top1], plot.palette, "o")
+    return plot.save(fig, f"{group.slug}-accuracy-vs-cost", "Accuracy vs cost",
+                     "Test top-1 accuracy (mean over seeds; error bars: 95% confidence interval) "
+                     "against the deployed network's GMACs and against the training-step cost, "
+                     "one labelled point per method.")
 
 
 def training_step(group: Group, plot: Plotter) -> Optional[Figure]:
@@ -105,7 +123,7 @@ def training_step(group: Group, plot: Plotter) -> Optional[Figure]:
     if not len(data):
         return None
     fig, ax = plot.new()
-    _bars(ax, data, group.methods, plot.palette, ylabel)
+    _bars(ax, group, data["metric"].iloc[0], plot.palette, ylabel)
     if data["metric"].iloc[0] == "train_step_ratio":
         ax.axhline(1.0, color=plot.palette.get(BASELINE, "#3a3a3a"), linewidth=0.8, linestyle="--")
     return plot.save(fig, f"{group.slug}-training-step", "Training-step cost",
@@ -121,36 +139,40 @@ def latency(group: Group, plot: Plotter) -> Optional[Figure]:
     settings = list(dict.fromkeys(data["setting"]))
     fig, axes = plot.new(ncols=len(settings))
     for ax, setting in zip(np.atleast_1d(axes), settings):
-        _bars(ax, data[data["setting"] == setting], group.methods, plot.palette,
-              f"latency ({data['unit'].iloc[0]})")
+        _bars(ax, group, "latency_ms", plot.palette, f"latency ({data['unit'].iloc[0]})", setting)
         ax.set_title(setting)
     return plot.save(fig, f"{group.slug}-latency", "Inference latency",
                 "Latency of the deployed network (noisy on shared machines; compare within one run).")
 
 
 def wsol_bars(group: Group, plot: Plotter) -> Optional[Figure]:
-    """Every WSOL metric side by side, one bar per method (sd error bars over seeds)."""
-    columns = METRICS.in_table("wsol")
-    labels = {c.name: c.label for c in columns}
-    data = group.records[group.records["metric"].isin(labels)]
-    data = data.dropna(subset=["value"]).assign(label=lambda d: d["metric"].map(labels))
-    if not len(data):
+    """Every WSOL metric side by side, one bar per method (95% intervals over seeds)."""
+    columns = [c for c in METRICS.in_table("wsol") if len(_metric(group, c.name))]
+    if not columns:
         return None
-    order = [c.label for c in columns if c.name in set(data["metric"])]
-    methods = [m for m in group.methods if m in set(data["method"])]
-    fig, ax = plot.new(width=max(6.0, 0.25 * len(order) * len(methods) + 2))
-    sns.barplot(data=data, x="label", y="value", hue="method", order=order, hue_order=methods,
-                palette=plot.palette, errorbar="sd", legend=False, ax=ax)
+    results = {c.name: analyse(group.records, group.methods, c.name) for c in columns}
+    methods = [m for m in group.methods if any(m in r.estimates for r in results.values())]
+    fig, ax = plot.new(width=max(6.0, 0.25 * len(columns) * len(methods) + 2))
+    width = 0.8 / max(len(methods), 1)
+    for k, method in enumerate(methods):
+        xs = [i - 0.4 + width * (k + 0.5) for i, c in enumerate(columns)
+              if method in results[c.name].estimates]
+        estimates = [results[c.name].estimates[method] for c in columns
+                     if method in results[c.name].estimates]
+        ax.bar(xs, [e.mean for e in estimates], width=width, color=plot.palette[method])
+        ax.errorbar(xs, [e.mean for e in estimates], yerr=_yerr(estimates), fmt="none",
+                    ecolor="#222222", capsize=1.5, linewidth=0.8)
+    ax.set_xticks(range(len(columns)), [c.label for c in columns], rotation=20)
     ax.set_xlabel("")
     ax.set_ylabel("%")
-    ax.tick_params(axis="x", labelrotation=20)
     _legend(fig, methods, plot.palette)
     return plot.save(fig, f"{group.slug}-wsol", "Localization metrics",
-                "WSOL metrics (%) per method, mean over seeds with sample-std error bars.")
+                     "WSOL metrics (%) per method, mean over seeds with 95% confidence intervals.")
 
 
 def training_curves(group: Group, plot: Plotter) -> Optional[Figure]:
-    """Per-epoch training loss, training and test top-1, learning rate (mean and sd over seeds)."""
+    """Per-epoch training loss, training and test top-1, learning rate (mean and 95% interval
+    over seeds, seaborn's seeded bootstrap)."""
     curves = group.curves.dropna(subset=["value"])
     panels = [(n, label) for n, label in CURVES if n in set(curves["name"])]
     if not panels:
@@ -160,7 +182,8 @@ def training_curves(group: Group, plot: Plotter) -> Optional[Figure]:
     flat = np.atleast_1d(axes).ravel()
     for ax, (name, label) in zip(flat, panels):
         sns.lineplot(data=curves[curves["name"] == name], x="epoch", y="value", hue="method",
-                     hue_order=methods, palette=plot.palette, errorbar="sd", marker="o", markersize=3,
+                     hue_order=methods, palette=plot.palette, errorbar=("ci", 95), seed=SEED,
+                     marker="o", markersize=3,
                      legend=False, ax=ax)
         ax.set_ylabel(label)
         ax.set_xlabel("epoch")
@@ -169,10 +192,10 @@ def training_curves(group: Group, plot: Plotter) -> Optional[Figure]:
         ax.set_visible(False)
     _legend(fig, methods, plot.palette, "_")
     return plot.save(fig, f"{group.slug}-curves", "Training curves",
-                "Per-epoch curves, mean over seeds (band: sample std).")
+                     "Per-epoch curves, mean over seeds (band: 95% bootstrap interval).")
 
 
-FIGURES = [accuracy_vs_gmacs, training_step, latency, wsol_bars, training_curves]
+FIGURES = [accuracy_vs_cost, training_step, latency, wsol_bars, training_curves]
 
 
 def group_figures(group: Group, plot: Plotter) -> list[Figure]:

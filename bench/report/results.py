@@ -1,65 +1,186 @@
-"""Stored results as tables: long records, and the per-method summary printed after a run (its
-columns are the metric catalogue's headline metrics)."""
+"""Stored results as tables for the terminal, CSV and JSON: the summary rows (every metric of every
+method in each configuration group, with its confidence interval and, against the baseline, the
+paired difference, Holm-corrected p-value and verdict), aggregates across groups, the per-seed
+records, and the compact table printed after a run (the catalogue's headline metrics)."""
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+import math
+from typing import Any, Optional
 
 import pandas as pd
 from tabulate import tabulate
 
-from bench.metrics import METRICS
-from bench.report.stats import mean_std
+from bench.metrics import HIGHER, LOWER, METRICS
+from bench.report.collect import BASELINE, Group
+from bench.report.conclusions import analyse, difference_text, seed_values
+from bench.report.stats import (aggregate, check_aggregate, check_interval, fmt, p_text,
+                                probability_of_improvement)
+from bench.tasks.base import task_name
 
 RECORD_FIELDS = ["method", "dataset", "backbone", "seed", "task", "metric", "value", "unit"]
+SUMMARY_FIELDS = ["group", "dataset", "backbone", "method", "task", "metric", "setting", "unit",
+                  "n", "mean", "ci_low", "ci_high", "diff", "diff_low", "diff_high", "p",
+                  "p_holm", "verdict"]
 
 
-
-def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame(list(records))
-    if frame.empty:
-        return pd.DataFrame(columns=RECORD_FIELDS)
-    return frame
+def _number(value: Optional[float]) -> Optional[float]:
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
-def to_json(records: list[dict[str, Any]]) -> str:
-    keep = RECORD_FIELDS + ["preset", "run_id", "run_status", "extra"]
-    return json.dumps([{k: r[k] for k in keep if k in r} for r in records], indent=2, default=str)
-
-
-def to_csv(records: list[dict[str, Any]]) -> str:
-    frame = records_frame(records)
-    return frame[[c for c in RECORD_FIELDS + ["preset", "run_id"] if c in frame]].to_csv(index=False)
-
-
-def long_table(records: list[dict[str, Any]]) -> str:
-    """Every metric, averaged over seeds: mean +- std, seeds, unit."""
-    frame = records_frame(records)
-    if frame.empty:
-        return "no results stored yet"
-    keys = ["dataset", "backbone", "method", "task", "metric", "unit"]
-    grouped = frame.groupby(keys, sort=False)["value"].agg(list).reset_index()
-    grouped["seeds"] = grouped["value"].map(len)
-    grouped["value"] = [mean_std(v, u) for v, u in zip(grouped["value"], grouped["unit"])]
-    return tabulate(grouped[keys[:5] + ["value", "unit", "seeds"]], headers="keys",
-                    tablefmt="github", showindex=False,
-                    disable_numparse=True)
-
-
-def summary_table(records: list[dict[str, Any]], methods: list[str] | None = None) -> str:
-    """One row per (dataset, backbone, method): the headline metrics, with units in the headers."""
-    frame = records_frame(records)
-    if frame.empty:
-        return "no results stored yet"
-    if methods is not None:
-        frame = frame[frame["method"].isin(methods)]
+def summary_rows(groups: list[Group], interval: str = "bootstrap") -> list[dict[str, Any]]:
+    """One row per (group, method, metric, setting) with its statistics (raw numbers)."""
+    check_interval(interval)
     rows = []
-    for (dataset, backbone, method), group in frame.groupby(["dataset", "backbone", "method"], sort=False):
-        row = {"dataset": dataset, "backbone": backbone, "method": method}
-        for info in METRICS.headline():
-            values = group[group["metric"] == info.name]
-            if len(values):
-                row[info.header()] = mean_std(values["value"].tolist(), info.unit, info.digits)
-        rows.append(row)
-    return tabulate(pd.DataFrame(rows).fillna(""), headers="keys", tablefmt="github", showindex=False,
+    for group in groups:
+        records = group.records
+        keys = list(dict.fromkeys(zip(records["task"], records["metric"], records["setting"])))
+        for task, metric, setting in keys:
+            result = analyse(records, group.methods, metric, setting, interval)
+            for method, est in result.estimates.items():
+                c = result.comparisons.get(method)
+                d = c.difference if c is not None else None
+                rows.append({
+                    "group": group.label, "dataset": group.dataset, "backbone": group.backbone,
+                    "method": method, "task": task, "metric": metric, "setting": setting,
+                    "unit": result.info.unit, "n": est.n, "mean": _number(est.mean),
+                    "ci_low": _number(est.low), "ci_high": _number(est.high),
+                    "diff": _number(d.mean) if d and d.n else None,
+                    "diff_low": _number(d.low) if d else None,
+                    "diff_high": _number(d.high) if d else None,
+                    "p": c.p if c else None, "p_holm": c.p_holm if c else None,
+                    "verdict": c.verdict if c else ("reference" if method == BASELINE
+                                                    and result.comparisons else None)})
+    return rows
+
+
+def aggregate_rows(groups: list[Group], name: str = "iqm") -> list[dict[str, Any]]:
+    """Across the groups (datasets, backbones, recipes) that share methods: per directional
+    headline metric and method, the aggregate over groups and the probability of improvement
+    over the baseline, each with a stratified-bootstrap interval. Empty with fewer than two
+    groups."""
+    check_aggregate(name)
+    if len(groups) < 2:
+        return []
+    rows = []
+    for info in METRICS.headline():
+        if info.direction not in (HIGHER, LOWER):
+            continue
+        per_group = [{m: list(seed_values(g.records, m, info.name).values()) for m in g.methods}
+                     for g in groups]
+        methods = [m for m in groups[0].methods
+                   if all(len(pg.get(m, [])) for pg in per_group)]
+        for method in methods:
+            scores = [pg[method] for pg in per_group]
+            agg = aggregate(scores, name)
+            row = {"kind": "aggregate", "metric": info.name, "unit": info.unit, "method": method,
+                   "aggregate": name, "value": agg.value, "ci_low": agg.low, "ci_high": agg.high,
+                   "groups": agg.tasks, "runs_per_group": agg.runs}
+            if method != BASELINE and BASELINE in methods:
+                poi = probability_of_improvement(scores, [pg[BASELINE] for pg in per_group],
+                                                 info.direction)
+                row.update(p_improvement=poi.value, p_improvement_low=poi.low,
+                           p_improvement_high=poi.high)
+            rows.append(row)
+    return rows
+
+
+def _interval_text(low: Optional[float], high: Optional[float], unit: str) -> str:
+    return "" if low is None else f"[{fmt(low, unit)}, {fmt(high, unit)}]"
+
+
+def render(groups: list[Group], fmt_name: str, interval: str = "bootstrap",
+           aggregate_name: str = "iqm", per_seed: bool = False,
+           records: Optional[list[dict[str, Any]]] = None) -> str:
+    """The text ``bench results`` prints in format table, csv or json."""
+    if per_seed:
+        return _per_seed(records or [], fmt_name)
+    rows = summary_rows(groups, interval)
+    aggregates = aggregate_rows(groups, aggregate_name)
+    if fmt_name == "json":
+        return json.dumps({"summary": rows, "aggregates": aggregates}, indent=2, default=str)
+    if fmt_name == "csv":
+        text = pd.DataFrame(rows, columns=SUMMARY_FIELDS).to_csv(index=False)
+        if aggregates:
+            text += "\n" + pd.DataFrame(aggregates).to_csv(index=False)
+        return text
+    if not rows:
+        return "no results stored yet"
+    table = []
+    for r in rows:
+        unit = "pp" if r["unit"] == "%" else r["unit"]
+        value = "n/a" if r["mean"] is None else fmt(r["mean"], r["unit"])
+        if r["ci_low"] is not None:
+            value += f" ± {fmt((r['ci_high'] - r['ci_low']) / 2, r['unit'])}"
+        elif r["n"] == 1:
+            value += " (n=1)"
+        delta = "" if r["diff"] is None else (
+            f"{fmt(r['diff'], unit)} " + _interval_text(r["diff_low"], r["diff_high"], unit))
+        table.append([r["group"], r["method"], r["metric"] + (f" [{r['setting']}]" if r["setting"]
+                                                            else ""),
+                      value, r["unit"], r["n"], delta, p_text(r["p_holm"]), r["verdict"] or ""])
+    headers = ["group", "method", "metric", "mean ± 95% CI", "unit", "n",
+               f"Δ vs {BASELINE} [95% CI]", "p (Holm)", "verdict"]
+    text = tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
+    if aggregates:
+        agg = [[a["metric"], a["method"],
+                f"{fmt(a['value'], a['unit'])} {_interval_text(a['ci_low'], a['ci_high'], a['unit'])}",
+                "" if "p_improvement" not in a else
+                f"{a['p_improvement']:.2f} [{a['p_improvement_low']:.2f}, "
+                f"{a['p_improvement_high']:.2f}]", a["groups"], a["runs_per_group"]]
+               for a in aggregates]
+        text += (f"\n\nAcross {aggregates[0]['groups']} groups ({aggregate_name}, stratified "
+                 "bootstrap 95% CI):\n")
+        text += tabulate(agg, headers=["metric", "method", aggregate_name,
+                                       f"P(better than {BASELINE})", "groups", "runs per group"],
+                         tablefmt="github", disable_numparse=True)
+    return text
+
+
+def _per_seed(records: list[dict[str, Any]], fmt_name: str) -> str:
+    keep = RECORD_FIELDS + ["preset", "run_id", "run_status", "method_options", "extra"]
+    if fmt_name == "json":
+        return json.dumps([{k: r[k] for k in keep if k in r} for r in records], indent=2,
+                          default=str)
+    frame = pd.DataFrame(records) if records else pd.DataFrame(columns=RECORD_FIELDS)
+    columns = [c for c in RECORD_FIELDS + ["preset", "run_id"] if c in frame]
+    if fmt_name == "csv":
+        return frame[columns].to_csv(index=False)
+    if frame.empty:
+        return "no results stored yet"
+    return tabulate(frame[columns], headers="keys", tablefmt="github", showindex=False,
                     disable_numparse=True)
+
+
+def summary_table(groups: list[Group], methods: Optional[list[str]] = None,
+                  interval: str = "bootstrap") -> str:
+    """After a run: per configuration group, one row per method with the headline metrics
+    (mean ± 95% CI half-width) and the top-1 difference to the baseline with its verdict."""
+    blocks = []
+    for group in groups:
+        shown = [m for m in group.methods if methods is None or m in methods]
+        if not shown:
+            continue
+        rows = {m: {"method": m} for m in shown}
+        seeds = group.records[group.records["metric"] == "top1"].groupby("method")["seed"].nunique()
+        for m in shown:
+            rows[m]["seeds"] = int(seeds[m]) if m in seeds else ""
+        for info in METRICS.headline():
+            if info.name not in set(group.records["metric"]):
+                continue
+            result = analyse(group.records, group.methods, info.name, "", interval)
+            for m in shown:
+                est = result.estimates.get(m)
+                rows[m][info.header()] = "" if est is None else (
+                    fmt(est.mean, info.unit, info.digits) if task_name(info.task) == "cost"
+                    else est.text(info.unit, info.digits))
+                if info.name == "top1" and result.comparisons:
+                    c = result.comparisons.get(m)
+                    rows[m][f"Δ top-1 vs {BASELINE} (pp)"] = (
+                        "reference" if m == BASELINE else difference_text(c, "pp", 2))
+                    rows[m]["verdict (top-1)"] = (
+                        "" if m == BASELINE or c is None else c.verdict)
+        table = tabulate(pd.DataFrame(list(rows.values())).fillna(""), headers="keys",
+                         tablefmt="github", showindex=False, disable_numparse=True)
+        blocks.append(f"{group.label}:\n{table}")
+    return "\n\n".join(blocks) if blocks else "no results stored yet"

@@ -1,7 +1,9 @@
-"""The report's tables for one (dataset, backbone, recipe) group: accuracy with deltas to GAP-FC and
-Welch tests, WSOL, compute and memory, time, any other stored metric, and failures. Every method of
-the group has a row in every table, in the group's method order; headers carry units; notes say
-how each number was obtained (the metric's stored ``extra`` settings)."""
+"""The report's tables for one configuration group (dataset, backbone, recipe): accuracy and
+localization with 95% confidence intervals over seeds, each method's paired difference to GAP-FC
+and its Holm-corrected verdict; compute and memory; time; any other stored metric; failures.
+Every method of the group has a row in every table, in the group's method order; headers carry
+units; notes say how each number was obtained (the metric's stored ``extra`` settings) and how the
+statistics were computed."""
 from __future__ import annotations
 
 import json
@@ -11,18 +13,24 @@ import pandas as pd
 
 from bench.metrics import METRICS, MetricInfo, decimals
 from bench.report.collect import BASELINE, Group
+from bench.report.conclusions import MetricResult, analyse, difference_text
 from bench.report.document import Table
-from bench.report.stats import ALPHA, mean_std, p_cell, signed
+from bench.report.stats import ALPHA, BETTER, CONFIDENCE, SAME, WORSE, fmt, p_text
 
 MISSING = "—"
-ACCURACY_METRICS = ("top1", "top5")  # with deltas and tests; the other accuracy metrics follow
+VERDICTS = (BETTER, WORSE, SAME)
+# Metrics whose tables add the paired difference to the baseline and the verdict.
+COMPARED = {"accuracy": ("top1", "top5"), "wsol": ("maxboxacc_v2", "gt_known_loc", "pxap")}
 
 
-def seed_values(records: pd.DataFrame, method: str, metric: str, setting: str = "") -> list[float]:
-    """The per-run values of one metric for one method (one value per seed)."""
-    rows = records[(records["method"] == method) & (records["metric"] == metric)
-                   & (records["setting"] == setting)]
-    return [float(v) for v in rows["value"] if v is not None and not pd.isna(v)]
+def statistics_note(interval: str) -> str:
+    how = ("scipy.stats.bootstrap (BCa, seeded)" if interval == "bootstrap"
+           else "Student's t (scipy.stats.t)")
+    return (f"mean ± half-width of its {CONFIDENCE:.0%} confidence interval over seeds ({how}); "
+            f"Δ = mean difference to {BASELINE}, paired by seed, [{CONFIDENCE:.0%} interval]; "
+            f"p = two-sided paired t-test, Holm-corrected over the methods compared; verdict at "
+            f"the corrected {ALPHA:.0%} level, with the number of paired seeds (n). One seed: "
+            "the value, no interval.")
 
 
 def _settings(records: pd.DataFrame, metric: str) -> list[str]:
@@ -46,12 +54,25 @@ def column_digits(records: pd.DataFrame, metric: str, setting: str = "") -> int:
     return decimals(float(means.max()) if len(means) else 0.0, _unit(records, metric))
 
 
-def cell(records: pd.DataFrame, method: str, metric: str, setting: str = "") -> str:
-    """The ``mean ± std`` cell of one method and metric, or a dash when it was not measured."""
-    values = seed_values(records, method, metric, setting)
-    if not values:
-        return MISSING
-    return mean_std(values, _unit(records, metric), column_digits(records, metric, setting))
+def _cells(result: MetricResult, methods: list[str], digits: int, compared: bool) -> list[list[str]]:
+    """Per method: the value cell, and with ``compared`` the Δ, p and verdict cells."""
+    unit = result.info.unit
+    delta_unit = "pp" if unit == "%" else unit
+    rows = []
+    for method in methods:
+        est = result.estimates.get(method)
+        value = MISSING if est is None else est.text(unit, digits)
+        if not compared:
+            rows.append([value])
+        elif method == BASELINE:
+            rows.append([value, "reference", MISSING, "reference"])
+        else:
+            c = result.comparisons.get(method)
+            verdict = MISSING if c is None else (f"{c.verdict} (n={c.n})" if c.verdict in VERDICTS
+                                                 else c.verdict)
+            rows.append([value, difference_text(c, delta_unit, digits),
+                         MISSING if c is None else p_text(c.p_holm), verdict])
+    return rows
 
 
 def _expand(records: pd.DataFrame, columns: list[MetricInfo]) -> list[tuple[MetricInfo, str]]:
@@ -99,85 +120,86 @@ def settings_notes(records: pd.DataFrame, methods: list[str],
     return [f"{', '.join(names)}: {text}" for text, names in by_text.items()]
 
 
-def metric_table(group: Group, title: str, columns: list[MetricInfo],
-                 notes: list[str]) -> Table | None:
-    """A method x metric table of mean ± std over seeds; None when no column has data."""
+def metric_table(group: Group, title: str, columns: list[MetricInfo], notes: list[str],
+                 compared: tuple[str, ...] = (), interval: str = "bootstrap",
+                 single: bool = False) -> Table | None:
+    """A method x metric table (mean with its interval over seeds; for ``compared`` metrics also
+    the paired difference to the baseline, the Holm-corrected p and the verdict); None when no
+    column has data. ``single``: metrics measured once per method, shown as plain values."""
     expanded = _expand(group.records, columns)
     if not expanded:
         return None
-    headers = ["method"] + [c.header(s) for c, s in expanded]
-    rows = []
-    for method in group.methods:
-        rows.append([method] + [cell(group.records, method, c.name, s) for c, s in expanded])
+    headers, blocks = ["method"], []
+    for info, setting in expanded:
+        result = analyse(group.records, group.methods, info.name, setting, interval)
+        digits = column_digits(group.records, info.name, setting)
+        is_compared = info.name in compared and not setting and BASELINE in group.methods
+        headers.append(info.header(setting))
+        if is_compared:
+            unit = "pp" if info.unit == "%" else info.unit
+            headers += [f"Δ {info.label} ({unit}) [{CONFIDENCE:.0%} CI]", f"p (Holm, {info.label})",
+                        f"verdict ({info.label})"]
+        if single:
+            cells = [[MISSING if m not in result.estimates
+                      else fmt(result.estimates[m].mean, info.unit, digits)] for m in group.methods]
+        else:
+            cells = _cells(result, group.methods, digits, is_compared)
+        blocks.append(cells)
+    rows = [[m] + [c for block in blocks for c in block[i]] for i, m in enumerate(group.methods)]
     notes = notes + settings_notes(group.records, group.methods, expanded)
     return Table(title, headers, rows, list(group.methods), notes)
 
 
-def accuracy_table(group: Group) -> Table | None:
-    """Top-1/top-5 (mean ± std over seeds), the difference to GAP-FC and its Welch test, then the
-    other accuracy metrics."""
-    records = group.records
-    present = [METRICS.get(m) for m in ACCURACY_METRICS if _settings(records, m)]
-    extra = _expand(records, [m for m in METRICS.in_table("accuracy") if m.name not in ACCURACY_METRICS])
-    if not present and not extra:
+def seeds_column(group: Group) -> list[str]:
+    """How many seeds each method has (of its first accuracy metric)."""
+    counts = group.records[group.records["metric"] == "top1"].groupby("method")["seed"].nunique()
+    return [str(int(counts[m])) if m in counts else MISSING for m in group.methods]
+
+
+def accuracy_table(group: Group, interval: str = "bootstrap") -> Table | None:
+    """Top-1/top-5 with intervals, paired differences and verdicts, then the other accuracy
+    metrics (test loss)."""
+    table = metric_table(group, "Accuracy", METRICS.in_table("accuracy"),
+                         [statistics_note(interval)], COMPARED["accuracy"], interval)
+    if table is None:
         return None
-    headers = ["method", "seeds"]
-    for info in present:
-        headers += [info.header(), f"Δ {info.label} vs {BASELINE} (pp)", f"p (Welch, {info.label})"]
-    headers += [c.header(s) for c, s in extra]
-    rows = []
-    for method in group.methods:
-        seeds = len(seed_values(records, method, present[0].name)) if present else 0
-        row = [method, str(seeds) if seeds else MISSING]
-        for info in present:
-            values = seed_values(records, method, info.name)
-            base = seed_values(records, BASELINE, info.name)
-            text = cell(records, method, info.name)
-            if not values:
-                row += [MISSING, MISSING, MISSING]
-            elif method == BASELINE:
-                row += [text, "reference", "reference"]
-            elif not base:
-                row += [text, f"no {BASELINE} run", MISSING]
-            else:
-                delta = sum(values) / len(values) - sum(base) / len(base)
-                row += [text, signed(delta, "pp"), p_cell(values, base)]
-        rows.append(row + [cell(records, method, c.name, s) for c, s in extra])
-    notes = [f"mean ± sample std over seeds; Δ = difference of means to {BASELINE} in percentage "
-             f"points; p = two-sided Welch t-test over seeds, * p < {ALPHA} (no correction for "
-             f"multiple comparisons)."]
-    columns = [(info, "") for info in present] + extra
-    return Table("Accuracy", headers, rows, list(group.methods),
-                 notes + settings_notes(records, group.methods, columns))
+    table.columns.insert(1, "seeds")
+    for row, seeds in zip(table.rows, seeds_column(group)):
+        row.insert(1, seeds)
+    return table
 
 
-def wsol_table(group: Group) -> Table | None:
+def wsol_table(group: Group, interval: str = "bootstrap") -> Table | None:
     return metric_table(group, "Weakly-supervised object localization", METRICS.in_table("wsol"),
-                        ["mean ± sample std over seeds. GT-known/Top-1/Top-5 Loc: classic protocol "
-                         "(IoU ≥ 0.5); MaxBoxAccV2 = mean of MaxBoxAcc at δ = 30/50/70%; PxAP: pixel "
-                         "average precision (WSOL.md)."])
+                        ["GT-known/Top-1/Top-5 Loc: classic protocol (IoU ≥ 0.5, tau from the "
+                         "holdout split); MaxBoxAccV2 = mean of MaxBoxAcc at δ = 30/50/70%; PxAP: "
+                         "pixel average precision (WSOL.md). " + statistics_note(interval)],
+                        COMPARED["wsol"], interval)
 
 
 def compute_table(group: Group) -> Table | None:
     return metric_table(group, "Size, compute and memory", METRICS.in_table("compute"),
                         [f"GMAC = 10^9 multiply-adds; added params relative to {BASELINE} on the "
-                         "same backbone; cost is measured once per method (first seed)."])
+                         "same backbone; cost depends on the architecture only and is measured "
+                         "once per method (with the first seed)."], single=True)
 
 
-def time_table(group: Group) -> Table | None:
+def time_table(group: Group, interval: str = "bootstrap") -> Table | None:
     return metric_table(group, "Time", METRICS.in_table("time"),
                         ["Timings on a shared machine are noisy: compare methods by ratios measured "
-                         "in one run, not absolute times across runs (COST.md)."])
+                         "in one run, not absolute times across runs (COST.md). Training time and "
+                         "throughput: " + statistics_note(interval)], interval=interval)
 
 
-def other_table(group: Group) -> Table | None:
+def other_table(group: Group, interval: str = "bootstrap") -> Table | None:
     """Every stored metric that no other table shows, so that nothing is silently dropped."""
     records = group.records
     shown = {"accuracy", "wsol", "compute", "time"}
     pairs = list(dict.fromkeys(zip(records["task"], records["metric"], records["unit"])))
     columns = [METRICS.get(m) or MetricInfo(m, t, u, f"{t}: {m}") for t, m, u in pairs
                if (METRICS.get(m) is None or METRICS.get(m).table not in shown)]
-    return metric_table(group, "Other metrics", columns, ["mean ± sample std over seeds."])
+    return metric_table(group, "Other metrics", columns, [statistics_note(interval)],
+                        interval=interval)
 
 
 def failures_table(group: Group) -> Table | None:
@@ -201,7 +223,8 @@ def failures_table(group: Group) -> Table | None:
     return Table("Failed or incomplete", ["method", "seed", "task", "status", "reason"], rows, methods)
 
 
-def group_tables(group: Group) -> list[Table]:
-    tables = [accuracy_table(group), wsol_table(group), compute_table(group), time_table(group),
-              other_table(group), failures_table(group)]
+def group_tables(group: Group, interval: str = "bootstrap") -> list[Table]:
+    tables = [accuracy_table(group, interval), wsol_table(group, interval),
+              compute_table(group), time_table(group, interval),
+              other_table(group, interval), failures_table(group)]
     return [t for t in tables if t is not None]
