@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from bench.suite import RunOutcome, SuiteConfig
 
 SpecLike = str | Spec
+EXECUTORS = ("local", "ray")
 
 
 def _with_options(text: str, options: dict[str, Any]) -> str:
@@ -148,13 +149,17 @@ def run(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, preset: str 
         download: bool = False, jobs: int = 1, threads: Optional[int] = None,
         retry_failed: bool = False, progress: bool = True, report: bool = True,
         save_scoremaps: Optional[str | Path] = None, cam_curve_interval: Optional[float] = None,
+        executor: str = "local", ray_address: str = "auto", max_retries: int = 2,
+        ray_cpus: Optional[float] = None, ray_gpus: Optional[float] = None,
         **recipe: Any) -> SuiteResult:
     """Train and measure ``methods`` (default: all) under ``preset``, store every result under
     ``out`` and write the report there; what ``python -m bench run`` does, minus printing.
 
     ``recipe`` overrides single fields of the preset's recipe (``epochs=3``, ``lr=0.05``,
     ``seeds=3``, ``cutmix=0.5``, ...). ``save_scoremaps`` and ``cam_curve_interval`` are shorthands
-    for the wsol task's options. A rerun skips everything already stored.
+    for the wsol task's options. ``executor="ray"`` runs each (method, seed) as a task on the Ray
+    cluster at ``ray_address`` (bench/ray_executor.py); ``jobs`` is the local executor's. A rerun
+    skips everything already stored.
     """
     from bench.device import resolve_device
     from bench.presets import PRESETS
@@ -169,6 +174,19 @@ def run(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, preset: str 
     for name, value in (("jobs", jobs), ("threads", threads)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise BenchError(f"{name} must be a positive integer, got {value!r}", name)
+    if executor not in EXECUTORS:
+        raise BenchError(f"executor {executor!r} is not an executor; valid: "
+                         f"{', '.join(EXECUTORS)}", "executor")
+    ray_options = None
+    if executor == "ray":
+        from bench.ray_executor import RayOptions, import_ray
+
+        if jobs != 1:
+            raise BenchError("jobs applies to the local executor; with executor ray the cluster's "
+                             "resources decide how many runs go at once", "jobs")
+        ray_options = RayOptions(ray_address, max_retries, ray_cpus, ray_gpus)
+        ray_options.validate()
+        import_ray()
     if threads is None:  # resolved here: the thread count is part of a CPU run's identity
         threads = max((os.cpu_count() or 1) // jobs, 1) if jobs > 1 else torch.get_num_threads()
     cfg = SuiteConfig(
@@ -178,9 +196,9 @@ def run(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, preset: str 
         recipe=config, preset=preset_entry.name,
         tasks=_tasks(tasks, {"save_scoremaps": save_scoremaps,
                              "cam_curve_interval": cam_curve_interval}),
-        out_dir=Path(out), device=resolve_device(device), data_root=_path(data_root),
+        out_dir=writable_dir(out), device=resolve_device(device), data_root=_path(data_root),
         download=download, retry_failed=retry_failed, progress=progress, jobs=jobs,
-        threads=threads)
+        threads=threads, executor=executor, ray=ray_options)
     for spec in method_specs:  # every option checked before the store is touched
         with torch.device("meta"):
             build_from_specs(spec, cfg.backbone, num_classes=2)
@@ -217,6 +235,21 @@ def _finish(cfg: "SuiteConfig", outcomes: list["RunOutcome"], report: bool,
         times["report"] = time.perf_counter() - report_start
     times["total"] = time.perf_counter() - start
     return SuiteResult(outcomes, records, groups, cfg.store_path, files, times)
+
+
+def writable_dir(path: str | Path, param: str = "out") -> Path:
+    """``path`` created if needed and proven writable, else a BenchError naming ``param``."""
+    import tempfile
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise BenchError(f"{param} {path} is not a writable directory ({e.strerror or e})",
+                         param) from None
+    return path
 
 
 def _path(value: Optional[str | Path]) -> Optional[Path]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -32,17 +31,6 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
-
-
-def writable_dir(path: Path) -> Path:
-    """``path`` created if needed and proven writable, else a BenchError."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise BenchError(f"--out {path} is not a writable directory ({e.strerror or e})") from None
-    return path
 
 
 # Recipe fields that `run` sets from flags of the same name (None: the preset's value).
@@ -83,7 +71,17 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cam-curve-interval", type=float, default=None,
                    help="shorthand for wsol[cam_curve_interval=X]: the tau sweep's step (0.01)")
     p.add_argument("--jobs", type=positive_int, default=1,
-                   help="parallel processes for independent (method, seed) runs")
+                   help="local executor: parallel processes for independent (method, seed) runs")
+    p.add_argument("--executor", default="local",
+                   help="local (this machine) or ray (each run a task on a Ray cluster)")
+    p.add_argument("--ray-address", default="auto",
+                   help="ray: the cluster (HEAD:6379); auto: a running one, else start one here")
+    p.add_argument("--max-retries", type=int, default=2,
+                   help="ray: retries of a run whose worker process died (default 2)")
+    p.add_argument("--ray-cpus", type=float, default=None,
+                   help="ray: CPUs each run asks for (default: its --threads)")
+    p.add_argument("--ray-gpus", type=float, default=None,
+                   help="ray: GPUs each CUDA run asks for (default 1)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs that failed before")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -96,11 +94,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     recipe = {name: getattr(args, name) for name in RECIPE_FLAGS}
     result = bench.run(args.methods, preset=args.preset, dataset=args.dataset,
-                       backbone=args.backbone, tasks=args.tasks, out=writable_dir(args.out),
+                       backbone=args.backbone, tasks=args.tasks, out=args.out,
                        device=args.device, data_root=args.data_root, download=args.download,
                        jobs=args.jobs, threads=args.threads, retry_failed=args.retry_failed,
                        progress=not args.no_progress, save_scoremaps=args.save_scoremaps,
-                       cam_curve_interval=args.cam_curve_interval, **recipe)
+                       cam_curve_interval=args.cam_curve_interval, executor=args.executor,
+                       ray_address=args.ray_address, max_retries=args.max_retries,
+                       ray_cpus=args.ray_cpus, ray_gpus=args.ray_gpus, **recipe)
     if result.report is None:  # torchrun: rank 0 reports
         return 0
     for o in result.failed:

@@ -143,10 +143,17 @@ def check_sqlite_file(path: Path) -> None:
                                  f"move it away or choose another --out")
 
 
+WORKER_ENV = "BENCH_WORKER"  # set in worker processes, which must never open the store
+
+
 class Store:
-    """The SQLite results store at ``path`` (created on first use)."""
+    """The SQLite results store at ``path`` (created on first use). Only the driver process opens
+    it; a worker process (``BENCH_WORKER`` set) that tries is a bug and fails loudly."""
 
     def __init__(self, path: Path, create: bool = True) -> None:
+        if os.environ.get(WORKER_ENV):
+            raise RuntimeError(f"a worker process opened the results store {path}: only the "
+                               "driver writes it")
         self.path = Path(path)
         check_sqlite_file(self.path)
         if not create and not self.path.exists():

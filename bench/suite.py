@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from bench.methods.base import MethodNet
 from bench.plugins import load_all
 from bench.presets import Recipe
 from bench.registry import DATASETS, TASKS, Spec
-from bench.store import Store, owner_token
+from bench.store import WORKER_ENV, Store, owner_token
 from bench.tasks.base import RunContext, TaskResult, task_key
 from bench.train import train
 
@@ -54,7 +55,9 @@ class SuiteConfig:
     download: bool = False
     retry_failed: bool = False
     progress: bool = True
-    jobs: int = 1  # parallel processes for independent (method, seed) runs
+    jobs: int = 1  # parallel processes for independent (method, seed) runs (local executor)
+    executor: str = "local"  # local (this machine: in-process or --jobs) | ray
+    ray: Optional[Any] = None  # bench.ray_executor.RayOptions when executor == "ray"
     threads: int = 1  # torch CPU threads per run (resolved by the caller: part of a CPU run's identity)
 
     @property
@@ -186,8 +189,8 @@ def skipped(plan: RunPlan) -> RunOutcome:
 
 
 # -- executing a run: no store access ---------------------------------------------------------------
-def train_or_load(cfg: SuiteConfig, plan: RunPlan, data: DataBundle,
-                  dist: Optional[Dist]) -> tuple[MethodNet, dict[str, Any]]:
+def train_or_load(cfg: SuiteConfig, plan: RunPlan, data: DataBundle, dist: Optional[Dist],
+                  epoch_lines: bool = False) -> tuple[MethodNet, dict[str, Any]]:
     """The trained model of a run: from its checkpoint if one exists, else trained now (by every
     torchrun rank together; rank 0 saves the checkpoint)."""
     seed_everything(plan.seed)
@@ -197,7 +200,7 @@ def train_or_load(cfg: SuiteConfig, plan: RunPlan, data: DataBundle,
         model.load_state_dict(state["model"])
         return model.to(cfg.device).eval(), state["history"]
     history = train(model, data, cfg.recipe, plan.seed, cfg.device, progress=cfg.progress,
-                    desc=f"{plan.method} seed {plan.seed}", dist=dist)
+                    desc=f"{plan.method} seed {plan.seed}", dist=dist, epoch_lines=epoch_lines)
     record = dataclasses.asdict(history)
     if dist is None or dist.is_main:
         atomic_save({"model": model.state_dict(), "history": record}, plan.checkpoint)
@@ -205,7 +208,7 @@ def train_or_load(cfg: SuiteConfig, plan: RunPlan, data: DataBundle,
 
 
 def execute(cfg: SuiteConfig, plan: RunPlan, data: DataBundle, sink: Optional[Sink],
-            dist: Optional[Dist] = None) -> Optional[float]:
+            dist: Optional[Dist] = None, epoch_lines: bool = False) -> Optional[float]:
     """Train (or load) one run and measure its pending tasks, handing each result (with its
     wall time) to ``sink`` (None on the torchrun ranks that only help train). A training failure
     fails the tasks that need the trained model; the others still run. Returns the training
@@ -215,7 +218,7 @@ def execute(cfg: SuiteConfig, plan: RunPlan, data: DataBundle, sink: Optional[Si
         start = time.perf_counter()
         trained = not plan.checkpoint.exists()
         try:
-            model, history = train_or_load(cfg, plan, data, dist)
+            model, history = train_or_load(cfg, plan, data, dist, epoch_lines)
         except RunFailed as error:
             failure = str(error)
         train_seconds = time.perf_counter() - start if trained else None
@@ -241,6 +244,10 @@ def run_suite(cfg: SuiteConfig) -> list[RunOutcome]:
     """Run every (method, seed) of ``cfg``; a failing run is recorded and the suite goes on.
     Under torchrun every rank calls this; only rank 0 touches the store."""
     dist = init_from_env()
+    if cfg.executor == "ray":
+        from bench.ray_executor import run_ray
+
+        return run_ray(cfg)
     if cfg.jobs > 1 and dist is None:
         return run_parallel(cfg)
     if dist is not None:
@@ -288,6 +295,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(cfg: SuiteConfig, counter: Any) -> None:
+    os.environ[WORKER_ENV] = "1"  # workers hand their results back; they never open the store
     load_all()  # a spawned process starts with empty registries
     with counter.get_lock():
         index = counter.value
@@ -309,23 +317,39 @@ def _worker_run(plan: RunPlan) -> tuple[RunPlan, list[TaskRecord], float]:
     return plan, records, time.perf_counter() - start
 
 
+def plan_all(cfg: SuiteConfig, store: Store) -> tuple[list[RunPlan], list[RunOutcome]]:
+    """Every run of the suite planned (and claimed) by the driver: those with work to do, and
+    the outcomes of those skipped."""
+    plans, outcomes = [], []
+    for method in cfg.methods:
+        for seed in range(cfg.recipe.seeds):
+            plan = plan_run(cfg, store, method, seed)
+            if plan.pending:
+                plans.append(plan)
+            else:
+                finish_run(store, plan)
+                outcomes.append(skipped(plan))
+    return plans, outcomes
+
+
+def record_run(store: Store, plan: RunPlan, records: list[TaskRecord], seconds: float) -> RunOutcome:
+    """Write a run that came back from a worker: each task in its own transaction, then its
+    status."""
+    times: dict[str, float] = {}
+    sink = store_sink(store, plan, times)
+    for record in records:
+        sink(record)
+    return _outcome(store, plan, finish_run(store, plan), seconds, times)
+
+
 def run_parallel(cfg: SuiteConfig) -> list[RunOutcome]:
     """Independent (method, seed) runs in ``cfg.jobs`` processes (one GPU each when there are
     several). Workers never open the store: the driver plans every run, then writes each
     returned run's tasks, one transaction each."""
     store = Store(cfg.store_path)
-    outcomes: list[RunOutcome] = []
     try:
         load_dataset(cfg.dataset, cfg.data_root, cfg.download)  # fill the cache once, fail early
-        plans = []
-        for method in cfg.methods:
-            for seed in range(cfg.recipe.seeds):
-                plan = plan_run(cfg, store, method, seed)
-                if plan.pending:
-                    plans.append(plan)
-                else:
-                    finish_run(store, plan)
-                    outcomes.append(skipped(plan))
+        plans, outcomes = plan_all(cfg, store)
         if not plans:
             return outcomes
         context = mp.get_context("spawn")
@@ -336,11 +360,7 @@ def run_parallel(cfg: SuiteConfig) -> list[RunOutcome]:
             for plan, records, seconds in tqdm(results, total=len(plans),
                                                desc=f"suite ({cfg.jobs} jobs)", unit="run",
                                                disable=not cfg.progress, dynamic_ncols=True):
-                times: dict[str, float] = {}
-                sink = store_sink(store, plan, times)
-                for record in records:
-                    sink(record)
-                outcomes.append(_outcome(store, plan, finish_run(store, plan), seconds, times))
+                outcomes.append(record_run(store, plan, records, seconds))
     finally:
         store.close()
     return outcomes

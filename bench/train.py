@@ -100,9 +100,11 @@ def evaluate(model: nn.Module, split: Split, batch_size: int,
 
 def train(model: MethodNet, data: DataBundle, recipe: Recipe, seed: int, device: torch.device,
           progress: bool = True, desc: str = "", check_every: int = 20,
-          divergence: float = 50.0, dist: Optional[distributed.Dist] = None) -> History:
+          divergence: float = 50.0, dist: Optional[distributed.Dist] = None,
+          epoch_lines: bool = False) -> History:
     """Train ``model`` in place with ``recipe``; raise RunFailed on a NaN or diverging loss.
-    Under torchrun (``dist``), each rank trains on its shard and gradients are averaged."""
+    Under torchrun (``dist``), each rank trains on its shard and gradients are averaged.
+    ``epoch_lines`` prints one line per epoch (for workers whose output a driver relays)."""
     rank, world = dist.shard if dist else (0, 1)
     if recipe.batch_size % world:
         raise BenchError(f"--batch-size {recipe.batch_size} must be divisible by the {world} processes")
@@ -171,6 +173,10 @@ def train(model: MethodNet, data: DataBundle, recipe: Recipe, seed: int, device:
             history.train_top1.append(100.0 * correct.item() / seen)
             history.test_top1.append(evaluate(model, data.test, recipe.eval_batch_size,
                                               device)["top1"])
+            if epoch_lines and rank == 0:
+                print(f"{desc}: epoch {epoch + 1}/{recipe.epochs}, loss {history.train_loss[-1]:.3f}, "
+                      f"train top-1 {history.train_top1[-1]:.1f} %, test top-1 "
+                      f"{history.test_top1[-1]:.1f} %", flush=True)
     finally:
         bar.close()
     return history
