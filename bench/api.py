@@ -142,29 +142,24 @@ def _tasks(tasks: Optional[SpecLike | Iterable[SpecLike]], wsol_options: dict[st
     return specs
 
 
-def run(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, preset: str = "quick",
-        dataset: Optional[SpecLike] = None, backbone: Optional[SpecLike] = None,
-        tasks: Optional[SpecLike | Sequence[SpecLike]] = None, out: str | Path = "reports",
-        device: str | torch.device = "auto", data_root: Optional[str | Path] = None,
-        download: bool = False, jobs: int = 1, threads: Optional[int] = None,
-        retry_failed: bool = False, progress: bool = True, report: bool = True,
-        save_scoremaps: Optional[str | Path] = None, cam_curve_interval: Optional[float] = None,
-        executor: str = "local", ray_address: str = "auto", max_retries: int = 2,
-        ray_cpus: Optional[float] = None, ray_gpus: Optional[float] = None,
-        **recipe: Any) -> SuiteResult:
-    """Train and measure ``methods`` (default: all) under ``preset``, store every result under
-    ``out`` and write the report there; what ``python -m bench run`` does, minus printing.
-
-    ``recipe`` overrides single fields of the preset's recipe (``epochs=3``, ``lr=0.05``,
-    ``seeds=3``, ``cutmix=0.5``, ...). ``save_scoremaps`` and ``cam_curve_interval`` are shorthands
-    for the wsol task's options. ``executor="ray"`` runs each (method, seed) as a task on the Ray
-    cluster at ``ray_address`` (bench/ray_executor.py); ``jobs`` is the local executor's. A rerun
-    skips everything already stored.
-    """
+def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
+                 preset: str = "quick", dataset: Optional[SpecLike] = None,
+                 backbone: Optional[SpecLike] = None,
+                 tasks: Optional[SpecLike | Sequence[SpecLike]] = None,
+                 out: str | Path = "reports", device: str | torch.device = "auto",
+                 data_root: Optional[str | Path] = None, download: bool = False, jobs: int = 1,
+                 threads: Optional[int] = None, retry_failed: bool = False,
+                 progress: bool = True, save_scoremaps: Optional[str | Path] = None,
+                 cam_curve_interval: Optional[float] = None, executor: str = "local",
+                 ray_address: str = "auto", max_retries: int = 2,
+                 ray_cpus: Optional[float] = None, ray_gpus: Optional[float] = None,
+                 **recipe: Any) -> "SuiteConfig":
+    """The suite ``run`` (and ``tune``) execute, every argument checked and every method built
+    once on the meta device before the store is touched (see ``run`` for the arguments)."""
     from bench.device import resolve_device
     from bench.presets import PRESETS
     from bench.store import Store
-    from bench.suite import SuiteConfig, run_suite
+    from bench.suite import SuiteConfig
 
     load_all()
     preset_entry = PRESETS.get(preset)
@@ -203,6 +198,26 @@ def run(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, preset: str 
         with torch.device("meta"):
             build_from_specs(spec, cfg.backbone, num_classes=2)
     Store(cfg.store_path).close()  # refuse an unusable store before any work
+    return cfg
+
+
+def run(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, report: bool = True,
+        **settings: Any) -> SuiteResult:
+    """Train and measure ``methods`` (default: all), store every result under ``out`` and write
+    the report there; what ``python -m bench run`` does, minus printing.
+
+    Settings: ``preset`` (quick), ``dataset``, ``backbone``, ``tasks`` (specs, default all),
+    ``out`` (reports), ``device`` (auto), ``data_root``, ``download``, ``threads`` (CPU threads
+    per run), ``retry_failed``, ``progress``; ``executor`` ``local`` (with ``jobs`` processes) or
+    ``ray`` (each (method, seed) a task on the cluster at ``ray_address``, ``max_retries``,
+    ``ray_cpus``, ``ray_gpus``: bench/ray_executor.py); ``save_scoremaps`` and
+    ``cam_curve_interval``, shorthands for the wsol task's options; and any recipe field of the
+    preset (``epochs=3``, ``lr=0.05``, ``seeds=3``, ``cutmix=0.5``, ...). A rerun skips everything
+    already stored.
+    """
+    from bench.suite import run_suite
+
+    cfg = suite_config(methods, **settings)
     start = time.perf_counter()
     outcomes = run_suite(cfg)
     from bench.distributed import is_main_process
@@ -210,6 +225,37 @@ def run(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, preset: str 
     if not is_main_process():  # torchrun: the other ranks only helped train
         return SuiteResult(outcomes, [], [], cfg.store_path)
     return _finish(cfg, outcomes, report, start)
+
+
+@dataclass
+class TuneResult:
+    """What ``bench.tune`` did: per method its study (trials, best trial, chosen configuration)
+    and the retrained runs, as ``bench.run`` reports them."""
+
+    studies: list[Any]  # bench.tune.TuneOutcome
+    suite: SuiteResult
+
+
+def tune(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, trials: int,
+         sampler: str = "tpe", sampler_seed: int = 0, prune: bool = False,
+         select: str = "accuracy", space: Sequence[str] = (), report: bool = True,
+         **settings: Any) -> TuneResult:
+    """Equal-budget tuning (bench/tuning.py): ``trials`` trials per method, scored on the holdout
+    split by ``select`` (accuracy or wsol), sampled by ``sampler`` (tpe or random) seeded with
+    ``sampler_seed`` (the same for every method), optionally ``prune``d; then each method's best
+    configuration retrained for ``seeds`` seeds and evaluated on the test split. ``space`` narrows
+    declared ranges (``"lr=0.01:0.2"``); ``settings`` are ``run``'s."""
+    from bench.tuning import TuneConfig
+    from bench.tuning import tune as run_tuning
+
+    cfg = suite_config(methods, **settings)
+    tcfg = TuneConfig(cfg, trials, sampler, sampler_seed, prune, select, tuple(space))
+    tcfg.validate()
+    start = time.perf_counter()
+    studies, outcomes, searched = run_tuning(tcfg)
+    suite = _finish(cfg, outcomes, report, start)
+    suite.times = {"trials": searched, **suite.times}
+    return TuneResult(studies, suite)
 
 
 def _finish(cfg: "SuiteConfig", outcomes: list["RunOutcome"], report: bool,

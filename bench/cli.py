@@ -38,8 +38,8 @@ RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "schedule", "warmu
                 "nesterov", "cutmix", "seeds", "amp", "channels_last", "compile")
 
 
-def add_run_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="train and measure methods; results go to the store under --out")
+def add_suite_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags `run` and `tune` share: what to train, how, where, and on which executor."""
     p.add_argument("--methods", nargs="+", default=None, metavar="SPEC",
                    help="methods to run, e.g. gap-fc se[r=8] saol[head=gapfc] (default: all)")
     p.add_argument("--preset", default="quick", help="training recipe (see `bench list`)")
@@ -85,24 +85,55 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs that failed before")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="train and measure methods; results go to the store under --out")
+    add_suite_arguments(p)
     p.set_defaults(func=cmd_run)
+
+
+def add_tune_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="equal-budget tuning: N trials per method on the holdout "
+                       "split, then the best configurations retrained and tested")
+    add_suite_arguments(p)
+    p.add_argument("--trials", type=int, required=True, help="trials per method (the budget)")
+    p.add_argument("--sampler", default="tpe", help="tpe or random (Optuna), seeded")
+    p.add_argument("--sampler-seed", type=int, default=0, help="the same for every method")
+    p.add_argument("--prune", action="store_true",
+                   help="median pruning on each trial's per-epoch holdout curve")
+    p.add_argument("--select", default="accuracy",
+                   help="accuracy (holdout top-1) or wsol (holdout MaxBoxAccV2)")
+    p.add_argument("--space", nargs="+", default=(), metavar="NAME=LOW:HIGH",
+                   help="narrow or widen declared ranges, e.g. lr=0.01:0.2 r=4|8")
+    p.set_defaults(func=cmd_tune)
+
+
+def suite_settings(args: argparse.Namespace) -> dict:
+    """The keyword arguments of bench.run / bench.tune from the shared flags."""
+    return dict(preset=args.preset, dataset=args.dataset, backbone=args.backbone,
+                tasks=args.tasks, out=args.out, device=args.device, data_root=args.data_root,
+                download=args.download, jobs=args.jobs, threads=args.threads,
+                retry_failed=args.retry_failed, progress=not args.no_progress,
+                save_scoremaps=args.save_scoremaps, cam_curve_interval=args.cam_curve_interval,
+                executor=args.executor, ray_address=args.ray_address,
+                max_retries=args.max_retries, ray_cpus=args.ray_cpus, ray_gpus=args.ray_gpus,
+                **{name: getattr(args, name) for name in RECIPE_FLAGS})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     import bench
-    from bench.report.results import summary_table
 
-    recipe = {name: getattr(args, name) for name in RECIPE_FLAGS}
-    result = bench.run(args.methods, preset=args.preset, dataset=args.dataset,
-                       backbone=args.backbone, tasks=args.tasks, out=args.out,
-                       device=args.device, data_root=args.data_root, download=args.download,
-                       jobs=args.jobs, threads=args.threads, retry_failed=args.retry_failed,
-                       progress=not args.no_progress, save_scoremaps=args.save_scoremaps,
-                       cam_curve_interval=args.cam_curve_interval, executor=args.executor,
-                       ray_address=args.ray_address, max_retries=args.max_retries,
-                       ray_cpus=args.ray_cpus, ray_gpus=args.ray_gpus, **recipe)
+    result = bench.run(args.methods, **suite_settings(args))
     if result.report is None:  # torchrun: rank 0 reports
         return 0
+    return print_suite(result)
+
+
+def print_suite(result) -> int:
+    """The summary table, where the time went, and where the store and report are."""
+    from bench.report.results import summary_table
+
     for o in result.failed:
         print(f"FAILED {o.method} seed {o.seed}: {o.reason}", file=sys.stderr)
     claimed = [o for o in result.outcomes if o.reason.startswith("claimed by")]
@@ -117,6 +148,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    import bench
+
+    result = bench.tune(args.methods, trials=args.trials, sampler=args.sampler,
+                        sampler_seed=args.sampler_seed, prune=args.prune, select=args.select,
+                        space=args.space, **suite_settings(args))
+    for study in result.studies:
+        states = [t["state"] for t in study.trials]
+        counts = ", ".join(f"{states.count(s)} {s}" for s in ("complete", "pruned", "failed")
+                           if states.count(s))
+        epochs = sum(t["epochs"] or 0 for t in study.trials)
+        seconds = sum(t["seconds"] or 0.0 for t in study.trials)
+        best = (f"best trial {study.best['number']} ({study.best['value']:.2f} on the holdout): "
+                f"{study.tuned_method}" + "".join(f", {k}={v:.4g}" if isinstance(v, float)
+                                                  else f", {k}={v}"
+                                                  for k, v in study.tuned_recipe.items())
+                if study.best else "no complete trial: nothing to retrain")
+        print(f"{study.method}: {len(study.trials)} trials ({counts}), {epochs} epochs, "
+              f"{seconds:.0f} s; {best}")
+    print()
+    return print_suite(result.suite)
+
+
 def time_line(times: dict[str, float]) -> str:
     """``time: training 412 s (78%), wsol 40 s (8%), ...; total 530 s`` for this invocation."""
     total = times.get("total", 0.0)
@@ -128,6 +182,8 @@ def time_line(times: dict[str, float]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from bench.search import describe, method_space
+
     for title, registry in (("methods", METHODS), ("backbones", BACKBONES), ("datasets", DATASETS),
                             ("presets", PRESETS), ("tasks", TASKS)):
         print(f"{title}:")
@@ -138,6 +194,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"  {entry.name:<16} {entry.description}{aliases}")
             if options and registry is not PRESETS:
                 print(f"  {'':<16} options: {options}")
+            if registry is METHODS:
+                print(f"  {'':<16} tuned over: {describe(method_space(entry))}")
         print()
     return 0
 
@@ -235,6 +293,7 @@ def build_parser() -> Parser:
     parser = Parser(prog="bench", description="Compare attention mechanisms for CNN classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_run_parser(sub)
+    add_tune_parser(sub)
     sub.add_parser("list", help="methods, backbones, datasets, presets and tasks").set_defaults(func=cmd_list)
     p = sub.add_parser("results", help="print stored results: means with 95%% intervals, paired "
                        "differences to gap-fc, Holm-corrected verdicts, aggregates")

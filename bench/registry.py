@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 from bench.errors import BenchError
 
@@ -27,6 +27,7 @@ class Entry:
     defaults: dict[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     order: int = 1000  # position in listings (ties keep registration order)
+    search: dict[str, Any] = field(default_factory=dict)  # tuning space of a method's options
 
 
 class Registry:
@@ -38,20 +39,28 @@ class Registry:
         self._aliases: dict[str, str] = {}
 
     def register(self, name: str, description: str, aliases: tuple[str, ...] = (),
-                 order: int = 1000, **defaults: Any) -> Callable[[Any], Any]:
+                 order: int = 1000, search: Optional[dict[str, Any]] = None,
+                 **defaults: Any) -> Callable[[Any], Any]:
         """Decorator registering ``obj`` under ``name``; keyword arguments declare its options;
-        ``order`` places it in listings (and in the default suite)."""
+        ``order`` places it in listings (and in the default suite); ``search`` declares the
+        tuning space of its options (bench/search.py)."""
         def wrap(obj: Any) -> Any:
-            self.add(name, obj, description, aliases=aliases, order=order, **defaults)
+            self.add(name, obj, description, aliases=aliases, order=order, search=search,
+                     **defaults)
             return obj
         return wrap
 
     def add(self, name: str, obj: Any, description: str, aliases: tuple[str, ...] = (),
-            order: int = 1000, **defaults: Any) -> Entry:
+            order: int = 1000, search: Optional[dict[str, Any]] = None, **defaults: Any) -> Entry:
         key = normalize_name(name)
         if key in self._entries:
             raise ValueError(f"{self.kind} {key!r} is registered twice")
-        entry = Entry(key, obj, description, dict(defaults), tuple(aliases), order)
+        unknown = sorted(set(search or {}) - set(defaults) - RECIPE_SEARCHABLE)
+        if unknown:
+            raise ValueError(f"{self.kind} {key!r}: search space names {unknown}, which are not "
+                             "its options")
+        entry = Entry(key, obj, description, dict(defaults), tuple(aliases), order,
+                      dict(search or {}))
         self._entries[key] = entry
         self._entries = dict(sorted(self._entries.items(), key=lambda item: item[1].order))
         for alias in aliases:
@@ -75,6 +84,9 @@ class Registry:
         key = normalize_name(name)
         return self._aliases.get(key, key) in self._entries
 
+
+# Recipe fields a method's search space may include (e.g. CutMix where the method trains on it).
+RECIPE_SEARCHABLE = {"lr", "weight_decay", "cutmix", "momentum", "warmup_epochs"}
 
 METHODS = Registry("method")
 BACKBONES = Registry("backbone")

@@ -41,15 +41,18 @@ class Param:
             return "|".join(str(c) for c in self.choices)
         return f"{self.low:g}:{self.high:g}" + (":log" if self.log else "")
 
-    def check(self, name: str) -> None:
+    def check(self, name: str, given: str = "") -> None:
+        """Refuse an empty choice, a range whose low exceeds its high, a log range from <= 0
+        (``given``: the user's text, quoted in the message)."""
+        shown = f"space {name}={given or self.text()}"
         if self.kind == "choice":
             if not self.choices:
-                raise BenchError(f"space {name}: a choice needs at least one value", "space")
+                raise BenchError(f"{shown}: a choice needs at least one value", "space")
             return
         if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low > self.high:
-            raise BenchError(f"space {name}={self.text()}: low must not exceed high", "space")
+            raise BenchError(f"{shown}: low must not exceed high", "space")
         if self.log and self.low <= 0:
-            raise BenchError(f"space {name}={self.text()}: a log range needs low > 0", "space")
+            raise BenchError(f"{shown}: a log range needs low > 0", "space")
 
 
 def floats(low: float, high: float, log: bool = False) -> Param:
@@ -64,23 +67,19 @@ def choice(*values: Any) -> Param:
     return Param("choice", choices=tuple(values))
 
 
-# Recipe parameters tuned for every method (CutMix only where the method trains on it).
+# Recipe parameters tuned for every method; a method that trains on CutMix adds ``cutmix`` to
+# its own space (SAOL), with its own options.
 RECIPE_SPACE: dict[str, Param] = {
     "lr": floats(0.01, 0.5, log=True),
     "weight_decay": floats(1e-5, 1e-3, log=True),
 }
-CUTMIX_SPACE: dict[str, Param] = {"cutmix": floats(0.0, 1.0)}
+CUTMIX = floats(0.0, 1.0)  # the CutMix probability, for methods that use it
 
 
 def method_space(entry: Any) -> dict[str, Param]:
-    """The full space of a registered method: the recipe's, CutMix where the method uses it, and
-    the method's own (its ``search`` declaration)."""
-    own = dict(getattr(entry, "search", {}) or {})
-    space = dict(RECIPE_SPACE)
-    if own.pop("cutmix", None) is not None or getattr(entry, "uses_cutmix", False):
-        space.update(CUTMIX_SPACE)
-    space.update(own)
-    return space
+    """The full space of a registered method: the recipe's and the method's own (its
+    ``search`` declaration)."""
+    return {**RECIPE_SPACE, **entry.search}
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -116,7 +115,7 @@ def override(space: dict[str, Param], overrides: Sequence[str], where: str) -> d
                                  f"{'numbers' if old.kind == 'float' else 'integers'}",
                                  "space") from None
             space[name] = replace(old, low=low, high=high, log=len(parts) == 3 or old.log)
-        space[name].check(name)
+        space[name].check(name, value)
     return space
 
 

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional
 from bench.errors import BenchError
 from bench.tasks.base import TaskResult
 
-SCHEMA_VERSION = 2  # 2: runs.owner and runs.train_seconds, task_runs.seconds
+SCHEMA_VERSION = 3  # 2: runs.owner and train_seconds, task_runs.seconds; 3: studies and trials
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
@@ -75,6 +75,29 @@ CREATE TABLE IF NOT EXISTS curves (
     PRIMARY KEY (run_id, task, name, epoch)
 );
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, task);
+CREATE TABLE IF NOT EXISTS studies (
+    id INTEGER PRIMARY KEY,
+    study_hash TEXT NOT NULL UNIQUE,
+    method TEXT NOT NULL,          -- the method spec tuned
+    config TEXT NOT NULL,          -- JSON: dataset, backbone, base recipe, space, sampler, budget
+    started TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS trials (
+    study_id INTEGER NOT NULL REFERENCES studies(id),
+    number INTEGER NOT NULL,
+    params TEXT NOT NULL,          -- JSON: the sampled values
+    state TEXT NOT NULL,           -- running | complete | pruned | failed
+    value REAL,                    -- the holdout score it was selected by
+    curve TEXT,                    -- JSON: the holdout score after each epoch (pruning)
+    epochs INTEGER,                -- epochs trained (the budget it spent)
+    seconds REAL,                  -- wall time
+    threads INTEGER,
+    device TEXT,
+    owner TEXT,
+    reason TEXT,
+    ended TEXT,
+    PRIMARY KEY (study_id, number)
+);
 """
 # Columns added since schema version 1: (table, column, type); added to older stores on open.
 _ADDED_COLUMNS = [("runs", "owner", "TEXT"), ("runs", "train_seconds", "REAL"),
@@ -253,6 +276,54 @@ class Store:
         row = self.db.execute("SELECT status FROM task_runs WHERE run_id = ? AND task = ?",
                               (run_id, task)).fetchone()
         return row["status"] if row else None
+
+    # -- tuning -------------------------------------------------------------------------------
+    def start_study(self, config: dict[str, Any], method: str) -> int:
+        """The id of the study with this configuration, created if new."""
+        digest = config_hash(config)
+        with self.transaction() as db:
+            row = db.execute("SELECT id FROM studies WHERE study_hash = ?", (digest,)).fetchone()
+            if row:
+                return int(row["id"])
+            return int(db.execute(
+                "INSERT INTO studies (study_hash, method, config, started) VALUES (?, ?, ?, ?)",
+                (digest, method, json.dumps(config, sort_keys=True, default=str), now())).lastrowid)
+
+    def trials(self, study_id: Optional[int] = None) -> list[dict[str, Any]]:
+        """Trials (of one study, or all) with their study's method and configuration."""
+        query = ("SELECT t.*, s.method, s.config AS study_config, s.study_hash FROM trials t "
+                 "JOIN studies s ON s.id = t.study_id")
+        args: tuple = ()
+        if study_id is not None:
+            query, args = query + " WHERE t.study_id = ?", (study_id,)
+        rows = self.db.execute(query + " ORDER BY t.study_id, t.number", args).fetchall()
+        return [dict(r, params=json.loads(r["params"]), curve=json.loads(r["curve"] or "[]"),
+                     study_config=json.loads(r["study_config"])) for r in rows]
+
+    def claim_trial(self, study_id: int, number: int, params: dict[str, Any], owner: str,
+                    device: str, threads: int) -> bool:
+        """Record trial ``number`` as running by ``owner``; False when it is finished, or running
+        in another live process."""
+        with self.transaction() as db:
+            row = db.execute("SELECT state, owner FROM trials WHERE study_id = ? AND number = ?",
+                             (study_id, number)).fetchone()
+            if row is not None and (row["state"] != "running" or (
+                    row["owner"] != owner and owner_alive(row["owner"] or ""))):
+                return False
+            db.execute("INSERT OR REPLACE INTO trials (study_id, number, params, state, owner, "
+                       "device, threads) VALUES (?, ?, ?, 'running', ?, ?, ?)",
+                       (study_id, number, json.dumps(params, sort_keys=True), owner, device,
+                        threads))
+            return True
+
+    def finish_trial(self, study_id: int, number: int, state: str, value: Optional[float],
+                     curve: list[float], epochs: int, seconds: float,
+                     reason: Optional[str] = None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE trials SET state = ?, value = ?, curve = ?, epochs = ?, "
+                       "seconds = ?, reason = ?, ended = ? WHERE study_id = ? AND number = ?",
+                       (state, value, json.dumps(curve), epochs, seconds, reason, now(),
+                        study_id, number))
 
     def task_reason(self, run_id: int, task: str) -> Optional[str]:
         row = self.db.execute("SELECT reason FROM task_runs WHERE run_id = ? AND task = ?",

@@ -1,18 +1,20 @@
 """Runs a suite: every (method, seed) on one dataset and backbone, each requested task, results
 into the store. Completed tasks are skipped by configuration hash, so a rerun resumes.
 
-The process that owns the store (the driver) plans every run and is its only writer. Executing a
-run (``execute``: train or load the checkpoint, then measure each task) touches no store: it hands
-each task's result to a sink. Run here, the sink writes each task in its own transaction as it
-finishes; in ``--jobs`` worker processes it collects the results, which the driver writes when the
-run comes back. Under torchrun every rank trains; rank 0 is the driver and alone measures.
+The process that owns the store (the driver) plans (and claims) every run and is its only writer.
+Executing a run (``execute``: train or load the checkpoint, then measure each task) touches no
+store: it hands each task's result to a sink. Run here, the sink writes each task in its own
+transaction as it finishes; on an executor's workers (``--jobs`` processes, a Ray cluster:
+bench/executors.py) ``remote_run`` works in a scratch directory and returns the results, the new
+checkpoint and the files written, which the driver saves and writes when the run comes back.
+Under torchrun every rank trains; rank 0 is the driver and alone measures.
 """
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing as mp
-import os
 import random
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +25,16 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.api import build_from_specs
-from bench.checkpoints import atomic_save, checkpoint_path
+from bench.checkpoints import atomic_save, atomic_write_bytes, checkpoint_path
 from bench.data.base import DataBundle
 from bench.distributed import Dist, barrier, broadcast, init_from_env, local_device
 from bench.errors import RunFailed
+from bench.executors import Executor, InProcess, Processes
 from bench.methods.base import MethodNet
 from bench.plugins import load_all
 from bench.presets import Recipe
 from bench.registry import DATASETS, TASKS, Spec
-from bench.store import WORKER_ENV, Store, owner_token
+from bench.store import Store, owner_token
 from bench.tasks.base import RunContext, TaskResult, task_key
 from bench.train import train
 
@@ -58,6 +61,7 @@ class SuiteConfig:
     jobs: int = 1  # parallel processes for independent (method, seed) runs (local executor)
     executor: str = "local"  # local (this machine: in-process or --jobs) | ray
     ray: Optional[Any] = None  # bench.ray_executor.RayOptions when executor == "ray"
+    tuning: Optional[dict[str, Any]] = None  # the protocol that chose this recipe (bench tune)
     threads: int = 1  # torch CPU threads per run (resolved by the caller: part of a CPU run's identity)
 
     @property
@@ -128,7 +132,7 @@ def run_config(cfg: SuiteConfig, method: Spec, seed: int) -> dict[str, Any]:
             "backbone": str(cfg.backbone), "backbone_options": dict(cfg.backbone.options),
             "dataset": cfg.dataset.name, "dataset_options": dict(cfg.dataset.options),
             "recipe": dataclasses.asdict(cfg.recipe) | {"seeds": None}, "seed": seed,
-            "execution": cfg.execution}
+            "execution": cfg.execution} | ({"tuning": cfg.tuning} if cfg.tuning else {})
 
 
 def prepare_data(cfg: SuiteConfig) -> DataBundle:
@@ -181,6 +185,32 @@ def store_sink(store: Store, plan: RunPlan, times: dict[str, float]) -> Sink:
                           record.seconds)
         times[record.key] = record.seconds or 0.0
     return write
+
+
+def plan_all(cfg: SuiteConfig, store: Store) -> tuple[list[RunPlan], list[RunOutcome]]:
+    """Every run of the suite planned (and claimed) by the driver: those with work to do, and
+    the outcomes of those skipped."""
+    plans, outcomes = [], []
+    for method in cfg.methods:
+        for seed in range(cfg.recipe.seeds):
+            plan = plan_run(cfg, store, method, seed)
+            if plan.pending:
+                plans.append(plan)
+            else:
+                finish_run(store, plan)
+                outcomes.append(skipped(plan))
+    return plans, outcomes
+
+
+def record_run(store: Store, plan: RunPlan, records: list[TaskRecord],
+               seconds: float) -> RunOutcome:
+    """Write a run that came back from a worker: each task in its own transaction, then its
+    status."""
+    times: dict[str, float] = {}
+    sink = store_sink(store, plan, times)
+    for record in records:
+        sink(record)
+    return _outcome(store, plan, finish_run(store, plan), seconds, times)
 
 
 def skipped(plan: RunPlan) -> RunOutcome:
@@ -244,12 +274,8 @@ def run_suite(cfg: SuiteConfig) -> list[RunOutcome]:
     """Run every (method, seed) of ``cfg``; a failing run is recorded and the suite goes on.
     Under torchrun every rank calls this; only rank 0 touches the store."""
     dist = init_from_env()
-    if cfg.executor == "ray":
-        from bench.ray_executor import run_ray
-
-        return run_ray(cfg)
-    if cfg.jobs > 1 and dist is None:
-        return run_parallel(cfg)
+    if dist is None and (cfg.executor == "ray" or cfg.jobs > 1):
+        return run_remote(cfg, make_executor(cfg))
     if dist is not None:
         cfg = dataclasses.replace(cfg, device=local_device(), progress=cfg.progress and dist.is_main)
     store = Store(cfg.store_path) if dist is None or dist.is_main else None
@@ -290,77 +316,127 @@ def _outcome(store: Optional[Store], plan: RunPlan, status: str, seconds: float,
                       times)
 
 
-# -- parallel (method, seed) runs: ``--jobs N`` --------------------------------------------------------
-_WORKER: dict[str, Any] = {}
+# -- runs in worker processes or on a cluster: the driver plans, workers execute, the driver writes --
+_DATA: dict[Any, DataBundle] = {}  # per worker process: the prepared dataset of a configuration
 
 
-def _worker_init(cfg: SuiteConfig, counter: Any) -> None:
-    os.environ[WORKER_ENV] = "1"  # workers hand their results back; they never open the store
-    load_all()  # a spawned process starts with empty registries
-    with counter.get_lock():
-        index = counter.value
-        counter.value += 1
-    device = cfg.device
-    if device.type == "cuda" and torch.cuda.device_count() > 1:
-        device = torch.device("cuda", index % torch.cuda.device_count())
-    cfg = dataclasses.replace(cfg, device=device, progress=False, jobs=1)
+def cached_data(cfg: SuiteConfig) -> DataBundle:
+    """The suite's dataset, prepared once per process."""
+    key = (str(cfg.dataset), str(cfg.data_root), str(cfg.device))
+    if key not in _DATA:
+        _DATA[key] = prepare_data(cfg)
+    return _DATA[key]
+
+
+@dataclass
+class RemoteRun:
+    """What a worker sends back for one run."""
+
+    train_seconds: Optional[float]
+    records: list[TaskRecord]
+    seconds: float
+    checkpoint: Optional[bytes]  # the weights it trained now, for the driver to save
+    files: dict[str, bytes]  # files the tasks wrote, by path relative to --out
+
+
+def remote_run(cfg: SuiteConfig, plan: RunPlan, checkpoint: Optional[bytes]) -> RemoteRun:
+    """Execute one planned run in a worker, in a scratch directory of its own (it shares no disk
+    with the driver), and return the results, the new checkpoint and the files written."""
+    load_all()
     torch.set_num_threads(cfg.threads)
-    _WORKER["cfg"] = cfg
-    _WORKER["data"] = prepare_data(cfg)
-
-
-def _worker_run(plan: RunPlan) -> tuple[RunPlan, list[TaskRecord], float]:
-    """Execute one planned run in a worker; its results go back to the driver."""
     start = time.perf_counter()
-    records: list[TaskRecord] = []
-    plan.train_seconds = execute(_WORKER["cfg"], plan, _WORKER["data"], records.append)
-    return plan, records, time.perf_counter() - start
+    scratch = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    try:
+        local = dataclasses.replace(cfg, out_dir=scratch, progress=False)
+        plan = dataclasses.replace(plan, checkpoint=scratch / "checkpoints" / plan.checkpoint.name)
+        if checkpoint is not None:
+            plan.checkpoint.parent.mkdir(parents=True)
+            plan.checkpoint.write_bytes(checkpoint)
+        records: list[TaskRecord] = []
+        train_seconds = execute(local, plan, cached_data(local), records.append, epoch_lines=True)
+        trained = (plan.checkpoint.read_bytes() if checkpoint is None and plan.checkpoint.exists()
+                   else None)
+        files: dict[str, bytes] = {}
+        for record in records:
+            record.result = _collect_files(record.result, scratch, files)
+        return RemoteRun(train_seconds, records, time.perf_counter() - start, trained, files)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
-def plan_all(cfg: SuiteConfig, store: Store) -> tuple[list[RunPlan], list[RunOutcome]]:
-    """Every run of the suite planned (and claimed) by the driver: those with work to do, and
-    the outcomes of those skipped."""
-    plans, outcomes = [], []
-    for method in cfg.methods:
-        for seed in range(cfg.recipe.seeds):
-            plan = plan_run(cfg, store, method, seed)
-            if plan.pending:
-                plans.append(plan)
-            else:
-                finish_run(store, plan)
-                outcomes.append(skipped(plan))
-    return plans, outcomes
+def _collect_files(result: TaskResult, scratch: Path, files: dict[str, bytes]) -> TaskResult:
+    """The files a task wrote under ``scratch``, gathered; its artifact paths become relative to
+    ``--out``, where the driver writes them."""
+    artifacts = {}
+    for name, path in result.artifacts.items():
+        path = Path(path)
+        if path.is_file() and scratch in path.parents:
+            relative = path.relative_to(scratch).as_posix()
+            files[relative] = path.read_bytes()
+            artifacts[name] = relative
+        else:
+            artifacts[name] = str(path)
+    return dataclasses.replace(result, artifacts=artifacts)
 
 
-def record_run(store: Store, plan: RunPlan, records: list[TaskRecord], seconds: float) -> RunOutcome:
-    """Write a run that came back from a worker: each task in its own transaction, then its
-    status."""
-    times: dict[str, float] = {}
-    sink = store_sink(store, plan, times)
-    for record in records:
-        sink(record)
-    return _outcome(store, plan, finish_run(store, plan), seconds, times)
+def save_remote(out_dir: Path, plan: RunPlan, remote: RemoteRun) -> None:
+    """The driver's side: the checkpoint and the tasks' files under ``--out`` (atomic renames),
+    artifact paths made absolute again."""
+    if remote.checkpoint is not None:
+        atomic_write_bytes(remote.checkpoint, plan.checkpoint)
+    for relative, data in remote.files.items():
+        atomic_write_bytes(data, out_dir / relative)
+    for record in remote.records:
+        record.result.artifacts = {k: str(out_dir / v) if v in remote.files else v
+                                   for k, v in record.result.artifacts.items()}
 
 
-def run_parallel(cfg: SuiteConfig) -> list[RunOutcome]:
-    """Independent (method, seed) runs in ``cfg.jobs`` processes (one GPU each when there are
-    several). Workers never open the store: the driver plans every run, then writes each
-    returned run's tasks, one transaction each."""
+def failed_records(plan: RunPlan, reason: str) -> list[TaskRecord]:
+    return [TaskRecord(task_key(spec), TaskResult(), "failed", reason) for spec in plan.pending]
+
+
+def make_executor(cfg: SuiteConfig) -> Executor:
+    """The executor the suite's settings name: Ray, local processes, or this process."""
+    if cfg.executor == "ray":
+        from bench.ray_executor import RayCluster
+
+        return RayCluster(cfg)
+    return Processes(cfg.jobs, cfg.threads) if cfg.jobs > 1 else InProcess()
+
+
+def run_remote(cfg: SuiteConfig, executor: Executor) -> list[RunOutcome]:
+    """Plan every run, execute the pending ones on ``executor``, write each as it comes back
+    (each task in its own transaction). Ctrl-C cancels what is outstanding."""
     store = Store(cfg.store_path)
     try:
         load_dataset(cfg.dataset, cfg.data_root, cfg.download)  # fill the cache once, fail early
         plans, outcomes = plan_all(cfg, store)
-        if not plans:
-            return outcomes
-        context = mp.get_context("spawn")
-        counter = context.Value("i", 0)
-        with context.Pool(min(cfg.jobs, len(plans)), initializer=_worker_init,
-                          initargs=(cfg, counter)) as pool:
-            results = pool.imap_unordered(_worker_run, plans)
-            for plan, records, seconds in tqdm(results, total=len(plans),
-                                               desc=f"suite ({cfg.jobs} jobs)", unit="run",
-                                               disable=not cfg.progress, dynamic_ncols=True):
-                outcomes.append(record_run(store, plan, records, seconds))
+        shared = executor.share(dataclasses.replace(cfg, ray=None))
+        handles = {}
+        for plan in plans:
+            checkpoint = plan.checkpoint.read_bytes() if plan.checkpoint.exists() else None
+            handles[executor.submit(remote_run, shared, plan, checkpoint)] = plan
+        failed = 0
+        with tqdm(total=len(plans), desc=f"suite ({executor.slots} at once)", unit="run",
+                  disable=not cfg.progress, dynamic_ncols=True) as bar:
+            while handles:
+                handle, remote, error = executor.next_done()
+                plan = handles.pop(handle)
+                if error is not None:
+                    outcome = record_run(store, plan, failed_records(plan, error), 0.0)
+                else:
+                    save_remote(cfg.out_dir, plan, remote)
+                    plan.train_seconds = remote.train_seconds
+                    outcome = record_run(store, plan, remote.records, remote.seconds)
+                outcomes.append(outcome)
+                failed += outcome.status == "failed"
+                bar.update(1)
+                bar.set_postfix_str(f"finished {bar.n}, running {min(len(handles), executor.slots)}, "
+                                    f"failed {failed}")
+    except KeyboardInterrupt:
+        executor.cancel()
+        raise
     finally:
+        executor.close()
         store.close()
     return outcomes

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -34,6 +34,7 @@ class History:
     lr: list[float] = field(default_factory=list)
     seconds: float = 0.0  # time in training steps only (per-epoch evaluation excluded)
     images: int = 0
+    epochs: int = 0  # epochs trained (fewer than the recipe's when ``on_epoch`` stopped it)
 
 
 def lr_factor(recipe: Recipe, epoch: float) -> float:
@@ -101,10 +102,13 @@ def evaluate(model: nn.Module, split: Split, batch_size: int,
 def train(model: MethodNet, data: DataBundle, recipe: Recipe, seed: int, device: torch.device,
           progress: bool = True, desc: str = "", check_every: int = 20,
           divergence: float = 50.0, dist: Optional[distributed.Dist] = None,
-          epoch_lines: bool = False) -> History:
+          epoch_lines: bool = False, test_curve: bool = True,
+          on_epoch: Optional[Callable[[int, MethodNet], bool]] = None) -> History:
     """Train ``model`` in place with ``recipe``; raise RunFailed on a NaN or diverging loss.
     Under torchrun (``dist``), each rank trains on its shard and gradients are averaged.
-    ``epoch_lines`` prints one line per epoch (for workers whose output a driver relays)."""
+    ``epoch_lines`` prints one line per epoch (for workers whose output a driver relays);
+    ``test_curve=False`` never reads the test split (hyper-parameter search); ``on_epoch(epoch,
+    model)`` runs after each epoch and stops training by returning True (pruning)."""
     rank, world = dist.shard if dist else (0, 1)
     if recipe.batch_size % world:
         raise BenchError(f"--batch-size {recipe.batch_size} must be divisible by the {world} processes")
@@ -171,12 +175,16 @@ def train(model: MethodNet, data: DataBundle, recipe: Recipe, seed: int, device:
             history.images += seen
             history.train_loss.append(loss_sum.item() / seen)
             history.train_top1.append(100.0 * correct.item() / seen)
-            history.test_top1.append(evaluate(model, data.test, recipe.eval_batch_size,
-                                              device)["top1"])
+            history.epochs = epoch + 1
+            if test_curve:
+                history.test_top1.append(evaluate(model, data.test, recipe.eval_batch_size,
+                                                  device)["top1"])
             if epoch_lines and rank == 0:
+                test = f", test top-1 {history.test_top1[-1]:.1f} %" if test_curve else ""
                 print(f"{desc}: epoch {epoch + 1}/{recipe.epochs}, loss {history.train_loss[-1]:.3f}, "
-                      f"train top-1 {history.train_top1[-1]:.1f} %, test top-1 "
-                      f"{history.test_top1[-1]:.1f} %", flush=True)
+                      f"train top-1 {history.train_top1[-1]:.1f} %{test}", flush=True)
+            if on_epoch is not None and on_epoch(epoch, model):
+                break
     finally:
         bar.close()
     return history

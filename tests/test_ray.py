@@ -76,7 +76,7 @@ def kill_a_worker_once(stop: threading.Event, killed: list) -> None:
                     title = (entry / "cmdline").read_bytes()
                 except OSError:
                     continue
-                if b"ray::execute_remote" in title:
+                if b"ray::remote_run" in title:
                     time.sleep(1.0)  # mid-run
                     os.kill(int(entry.name), signal.SIGKILL)
                     killed.append(int(entry.name))

@@ -12,15 +12,7 @@ from hand_stats import holm, paired_p
 
 from bench.errors import BenchError
 from bench.metrics import HIGHER, LOWER
-from bench.report.stats import (
-    BETTER,
-    SAME,
-    WORSE,
-    aggregate,
-    compare,
-    estimate,
-    probability_of_improvement,
-)
+from bench.report.stats import (BETTER, SAME, WORSE, aggregate, compare, estimate, probability_of_improvement)
 
 T_975 = {1: 12.7062047, 2: 4.30265273, 4: 2.77644511}  # Student's t quantiles (tables)
 

@@ -26,6 +26,7 @@ from bench.errors import BenchError
 from bench.methods.base import BackboneFactory, MethodNet
 from bench.methods.layers import check_reduction, reduced_width
 from bench.registry import METHODS
+from bench.search import choice
 
 COMBINE = ("sum", "product")
 
@@ -89,7 +90,8 @@ class Bam(nn.Module):
 
 
 @METHODS.register("bam", "bottleneck attention (channel + dilated spatial) at each stage boundary "
-                  "(Park et al. 2018); map = CAM", r=16, dilation=4, combine="sum", order=90)
+                  "(Park et al. 2018); map = CAM", r=16, dilation=4, combine="sum", order=90,
+                  search={"r": choice(4, 8, 16, 32), "dilation": choice(1, 2, 4)})
 def build(make_backbone: BackboneFactory, num_classes: int, r: int, dilation: int,
           combine: str) -> MethodNet:
     check_reduction("bam", r)

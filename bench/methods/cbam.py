@@ -25,6 +25,7 @@ from bench.errors import BenchError
 from bench.methods.base import BackboneFactory, MethodNet
 from bench.methods.layers import ChannelMlp, check_reduction
 from bench.registry import METHODS
+from bench.search import choice
 
 
 class ChannelGate(nn.Module):
@@ -76,7 +77,8 @@ class Cbam(nn.Module):
 
 
 @METHODS.register("cbam", "channel + spatial attention in every residual block (Woo et al. 2018); "
-                  "map = CAM", r=16, kernel=7, order=40)
+                  "map = CAM", r=16, kernel=7, order=40,
+                  search={"r": choice(4, 8, 16, 32), "kernel": choice(3, 5, 7)})
 def build(make_backbone: BackboneFactory, num_classes: int, r: int, kernel: int) -> MethodNet:
     check_reduction("cbam", r)
     if kernel < 1 or kernel % 2 == 0:

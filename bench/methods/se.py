@@ -20,6 +20,7 @@ from torch import nn
 from bench.methods.base import BackboneFactory, MethodNet
 from bench.methods.layers import ChannelMlp, check_reduction
 from bench.registry import METHODS
+from bench.search import choice
 
 
 class SqueezeExcite(nn.Module):
@@ -38,7 +39,7 @@ class SqueezeExcite(nn.Module):
 
 
 @METHODS.register("se", "squeeze-and-excitation gate in every residual block (Hu et al. 2018); map = CAM",
-                  r=16, order=30)
+                  r=16, order=30, search={"r": choice(4, 8, 16, 32)})
 def build(make_backbone: BackboneFactory, num_classes: int, r: int) -> MethodNet:
     check_reduction("se", r)
     return MethodNet(make_backbone(block_attn=partial(SqueezeExcite, reduction=r)), num_classes)

@@ -6,14 +6,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib as mpl
+import seaborn as sns
+
 from bench.report.collect import Group, ReportData, load, resolve_artifact
 from bench.report.conclusions import verdict_summary
 from bench.report.document import Block, Document, Figure, Image, Paragraph, Section, Table
 from bench.report.environment import environment_blocks
-from bench.report.figures import Plotter, group_figures
+from bench.report.figures import STYLE, Plotter, group_figures
 from bench.report.html import MIME, render_html
 from bench.report.markdown import render_markdown
 from bench.report.tables import group_tables
+from bench.report.tuning import tuning_section
 
 __all__ = ["ReportFiles", "write_report", "build_document"]
 
@@ -127,6 +131,10 @@ def build_document(data: ReportData, interval: str = "bootstrap") -> Document:
     plot = Plotter(data.out_dir / "figures", data.palette)
     sections = [summary_section(data, interval)]
     sections += [group_section(g, data, plot, interval) for g in data.groups]
+    with sns.axes_style("whitegrid"), mpl.rc_context(STYLE):
+        tuning = tuning_section(data.trials, plot)
+    if tuning is not None:
+        sections.append(tuning)
     sections.append(Section("Environment", "environment", environment_blocks(data.runs)))
     subtitle = (f"{len(data.runs)} runs in {data.out_dir / 'results.sqlite'}, "
                 f"{len(data.groups)} dataset/backbone/recipe group(s).")

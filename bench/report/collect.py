@@ -98,14 +98,25 @@ class ReportData:
     groups: list[Group]
     runs: pd.DataFrame
     palette: dict[str, str]
+    trials: list[dict[str, Any]] = field(default_factory=list)  # of bench tune
 
 
 def recipe_of(config_text: str) -> dict[str, Any]:
-    """The training recipe of a run, without the seed count (seeds of one recipe are pooled) and
-    without the preset's default dataset and backbone (the run's own are stored beside it)."""
-    recipe = dict(json.loads(config_text or "{}").get("recipe") or {})
+    """What makes runs comparable besides dataset and backbone: the training recipe without the
+    seed count (seeds of one recipe are pooled) and the preset's default dataset and backbone
+    (the run's own are stored beside it), and how it runs (device, CPU threads). A tuned run's is
+    its base recipe and the tuning protocol: every method tuned under one protocol is compared
+    in one group, each with the recipe its search chose."""
+    config = json.loads(config_text or "{}")
+    tuning = config.get("tuning")
+    recipe = dict((tuning or {}).get("base_recipe") or config.get("recipe") or {})
     for key in ("seeds", "dataset", "backbone"):
         recipe.pop(key, None)
+    if tuning:
+        recipe["tuned"] = (f"{tuning['trials']} trials, {tuning['sampler']} seed "
+                           f"{tuning['sampler_seed']}, select {tuning['select']}"
+                           + (", pruned" if tuning.get("prune") else ""))
+    recipe.update({f"execution.{k}": v for k, v in (config.get("execution") or {}).items()})
     return recipe
 
 
@@ -200,10 +211,15 @@ def read_store(out_dir: Path, store_name: str = "results.sqlite") -> tuple[list,
 def load(out_dir: Path, store_name: str = "results.sqlite") -> ReportData:
     """Everything in the store under ``out_dir``, grouped for the report."""
     records, runs, curves, task_runs = read_store(out_dir, store_name)
+    store = Store(Path(out_dir) / store_name, create=False)
+    try:
+        trials = store.trials()
+    finally:
+        store.close()
     groups = configuration_groups(records, runs, curves, task_runs)
-    palette = method_palette([r["method"] for r in runs])
+    palette = method_palette([r["method"] for r in runs] + [t["method"] for t in trials])
     run_frame = pd.concat([g.runs for g in groups]) if groups else _frame([], ["id", "method"])
-    return ReportData(Path(out_dir), groups, run_frame, palette)
+    return ReportData(Path(out_dir), groups, run_frame, palette, trials)
 
 
 def resolve_artifact(out_dir: Path, path: str) -> Optional[Path]:

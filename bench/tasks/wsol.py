@@ -132,6 +132,19 @@ def _maps(model: torch.nn.Module, split: Split, batch_size: int, device: torch.d
             index += 1
 
 
+def split_maxboxacc_v2(model: torch.nn.Module, split: Split, batch_size: int, device: torch.device,
+                       interval: float = 0.01) -> float:
+    """MaxBoxAccV2 (%) of ``model``'s maps on a box-annotated split (e.g. the holdout, to select
+    hyper-parameters the reference way: Choe et al. 2020, Sec. 5.2)."""
+    if split is None or split.boxes is None:
+        raise BenchError("selecting by WSOL needs a box-annotated holdout split; this dataset has "
+                         "none (use select accuracy)", "select")
+    evaluator = WsolEvaluator(interval, True, V2_IOU_THRESHOLDS)
+    for item in _maps(model, split, batch_size, device):
+        evaluator.add(item.scoremap, _gt_boxes(split, item.index))
+    return float(evaluator.results()["maxboxacc_v2"])
+
+
 def _gt_boxes(split: Split, index: int) -> np.ndarray:
     """Image ``index``'s ground-truth boxes, checked to lie inside the image."""
     boxes = np.asarray(split.boxes[index], dtype=np.int64).reshape(-1, 4)
