@@ -72,7 +72,7 @@ def test_tune_selects_on_the_holdout_and_retrains_the_best(tmp_path, capsys):
     report = (tmp_path / "report.md").read_text()
     tuning = report.split("## Tuning", 1)[1]
     assert "sampler tpe seed 0, select accuracy; 4 trials per method" in tuning
-    assert f"| se | 4 (4 complete) | 8 |" in tuning  # trials and epochs spent
+    assert "| se | 4 (4 complete) | 8 |" in tuning  # trials and epochs spent
     assert "Best holdout score against the number of trials" in tuning
     before = trials(tmp_path)
     ended = db.execute("SELECT ended FROM task_runs ORDER BY run_id").fetchall()
