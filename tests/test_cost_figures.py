@@ -40,8 +40,6 @@ from bench.profiling.flops import ADDED_RULES, DATA_MOVEMENT, _jit_handle, count
 EXPECTED_PATH = Path(__file__).with_name("resnet50_costs.json")
 WORK = Workload("resnet50", 3, 224, 1000)
 UNTRACEABLE = ("siou",)  # training_loss takes gradients of its input
-
-
 MACS = ("gmacs", "gmacs_all", "gmacs_train")
 
 
