@@ -9,7 +9,7 @@ from pathlib import Path
 from bench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ["--preset", "smoke", "--epochs", "1", "--tasks", "accuracy", "--no-progress"]
+SMOKE = ["--preset", "smoke", "--tasks", "accuracy", "--no-progress"]  # 3 epochs
 
 
 def counts(out: Path) -> tuple[int, list]:
@@ -23,7 +23,7 @@ def counts(out: Path) -> tuple[int, list]:
 
 def test_jobs_store_every_result_exactly_once(tmp_path, capsys):
     args = ["run", "--methods", "gap-fc", "simam", "--seeds", "2", "--jobs", "2", "--out", str(tmp_path),
-            *SMOKE]
+            *SMOKE, "--epochs", "1"]
     assert main(args) == 0
     runs, duplicates = counts(tmp_path)
     assert runs == 4 and duplicates == []
@@ -45,5 +45,7 @@ def test_torchrun_two_processes(tmp_path):
     db = sqlite3.connect(tmp_path / "results.sqlite")
     metrics = dict(db.execute("SELECT name, value FROM metrics").fetchall())
     assert {"top1", "top5", "test_loss", "train_time", "train_throughput"} <= set(metrics)
-    assert metrics["top1"] > 20  # 10 classes: learned, with the two ranks' gradients averaged
+    # Learned, with the two ranks' gradients averaged: 10 classes (chance 10%), and the preset's 3
+    # epochs reach 58.6% on torch 2.14.0 and 2.14.1 alike (1 epoch: 19.6%, too close to chance).
+    assert metrics["top1"] > 30
     assert proc.stdout.count("top-1") == 1  # only rank 0 reports

@@ -8,11 +8,13 @@ comparable with their "GFLOPs"; torch.utils.flop_counter counts 2 FLOPs per MAC 
   adaptive average pooling, upsampling, grid sampling; element-wise ops count 0) and ``all``
   (the default set plus the rule table below). Only the traced path counts: pass the deployed
   network in eval mode.
-- ``count_dispatched(fn)``: runs ``fn`` under FlopCounterMode with the same rule table added at the
-  dispatcher level (and fvcore's rules for the norms and pooling it counts by default), so it is
-  the "all" count of whatever ``fn`` executes: a whole ``training_loss`` call, with its
-  training-only branches, extra forward passes and any gradients taken inside the loss
-  (double backward counts its ``convolution_backward`` work).
+- ``count_dispatched(fn)``: counts every op ``fn`` runs as it reaches the dispatcher (a
+  TorchDispatchMode) with FlopCounterMode's formulas plus the same rule table (and fvcore's rules
+  for the norms and pooling it counts by default), so it is the "all" count of whatever ``fn``
+  executes: a whole ``training_loss`` call, with its training-only branches, extra forward passes
+  and any gradients taken inside the loss (double backward counts its ``convolution_backward``
+  work). Ops are counted as they arrive, never decomposed further, so the count does not depend on
+  which ops a torch version gives Python decompositions.
 
 Rule table (added to fvcore's default handles; "element" = one tensor element; every elementary
 pass over a tensor is one op per element, whatever the function):
@@ -277,33 +279,42 @@ def _dispatch_mapping() -> dict[Any, Callable[..., int]]:
     return mapping
 
 
-class _UncountedOps(TorchDispatchMode):
-    """Records the ops that produce tensors but have no formula and do not just move data."""
+class _DispatchCount(TorchDispatchMode):
+    """Counts every op as it reaches the dispatcher with its formula, or records it as uncounted
+    (unless it produces no tensor, is a view or only moves data). An op is never decomposed:
+    FlopCounterMode in torch 2.14 decomposes any op with a Python CompositeImplicitAutograd kernel
+    although it has a formula (nearest upsampling into index arithmetic, batch norm into its
+    ``_legit`` variants) and 2.15 does not, so its counts depended on the torch version."""
 
-    def __init__(self, counted: set) -> None:
+    def __init__(self, formulas: dict[Any, Callable[..., int]]) -> None:
         super().__init__()
-        self.counted = counted
-        self.names: set[str] = set()
+        self.formulas = formulas
+        self.flops: Counter = Counter()
+        self.uncounted: set[str] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         packet = func._overloadpacket
-        name = packet.__name__.rstrip("_")
-        if (packet not in self.counted and not func.is_view and name not in DISPATCH_DATA_MOVEMENT
+        formula = self.formulas.get(packet)
+        if formula is not None:
+            self.flops[packet] += formula(*args, **kwargs, out_val=out)
+        elif (not func.is_view and packet.__name__.rstrip("_") not in DISPATCH_DATA_MOVEMENT
                 and any(isinstance(t, torch.Tensor) for t in tree_leaves(out))):
-            self.names.add(f"aten::{packet.__name__}")
+            self.uncounted.add(f"aten::{packet.__name__}")
         return out
 
 
 def count_dispatched(fn: Callable[[], Any]) -> FlopCount:
-    """MACs of everything ``fn()`` executes: FlopCounterMode's conv/matmul formulas (halved) plus
-    the rule table, at the dispatcher level."""
-    counter = FlopCounterMode(display=False, custom_mapping=_dispatch_mapping())
-    recorder = _UncountedOps(set(counter.flop_registry))
-    with counter, recorder:
+    """MACs of everything ``fn()`` executes, counted op by op as the ops reach the dispatcher:
+    FlopCounterMode's conv/matmul formulas (halved) plus the rule table."""
+    # FlopCounterMode's registry: its own formulas and ours, each taking (*args, out_val=...).
+    formulas = FlopCounterMode(display=False, custom_mapping=_dispatch_mapping()).flop_registry
+    counter = _DispatchCount(formulas)
+    with counter:
         fn()
     by_op = Counter()
-    for packet, flops in counter.get_flop_counts().get("Global", {}).items():
+    for packet, flops in counter.flops.items():
         name = packet.__name__.rstrip("_")
         by_op[DISPATCH_ALIASES.get(name, name)] += flops // 2
-    return FlopCount(sum(by_op.values()), dict(by_op), sorted(recorder.names))
+    return FlopCount(sum(by_op.values()), dict(by_op), sorted(counter.uncounted))
