@@ -34,18 +34,19 @@ from torch import nn
 
 from bench.api import list_methods
 from bench.methods.base import Batch, MethodNet
-from bench.profiling import TRAIN_COUNT_BATCH, Workload, counted_figures
 from bench.profiling.flops import ADDED_RULES, DATA_MOVEMENT, _jit_handle, count_dispatched
+from bench.profiling.profile import TRAIN_COUNT_BATCH, Workload, counted_figures
+from bench.registry import BACKBONES, METHODS, parse_spec
 
 EXPECTED_PATH = Path(__file__).with_name("resnet50_costs.json")
-WORK = Workload("resnet50", 3, 224, 1000)
+WORK = Workload(parse_spec(BACKBONES, "resnet50"), 3, 224, 1000)
 UNTRACEABLE = ("siou",)  # training_loss takes gradients of its input
 MACS = ("gmacs", "gmacs_all", "gmacs_train")
 
 
 def figures_of(method: str) -> dict[str, float]:
     """The stored figures of ``method`` as ``counted_figures`` gives them (MACs in GMACs)."""
-    figures = counted_figures(WORK.build(method), WORK, baseline_params=0)
+    figures = counted_figures(WORK.build(parse_spec(METHODS, method)), WORK, baseline_params=0)
     return {key: figures[key] for key in ("params", "params_train", *MACS)}
 
 
@@ -91,7 +92,7 @@ def _traced_training_macs(model: MethodNet, batch: Batch) -> int:
 def independent_figures(method: str) -> dict[str, float]:
     """The figures of ``method`` by the routes the module docstring describes."""
     from fvcore.nn import FlopCountAnalysis
-    model = WORK.build(method)
+    model = WORK.build(parse_spec(METHODS, method))
     deployed, x = model.deploy().eval(), WORK.images(1)
     plain = FlopCountAnalysis(deployed, x)
     plain.unsupported_ops_warnings(False)
