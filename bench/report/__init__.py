@@ -11,6 +11,7 @@ from bench.report.document import Block, Document, Figure, Image, Paragraph, Sec
 from bench.report.environment import environment_blocks
 from bench.report.figures import Plotter, group_figures
 from bench.report.html import MIME, render_html
+from bench.report.maps import maps_blocks
 from bench.report.markdown import render_markdown
 from bench.report.tables import group_tables
 
@@ -61,6 +62,7 @@ def group_section(group: Group, data: ReportData, plot: Plotter) -> Section:
     blocks: list[Block] = [recipe_paragraph(group)]
     blocks += group_tables(group)
     blocks += group_figures(group, plot)
+    blocks += maps_blocks(group, plot)
     blocks += artifact_images(group, data.out_dir)
     return Section(group.label, group.slug, blocks, group.methods)
 
