@@ -123,20 +123,29 @@ class SuiteResult:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
-def _tasks(tasks: Optional[SpecLike | Iterable[SpecLike]], wsol_options: dict[str, Any]) -> list[Spec]:
-    """Task specs (default: every task), with the WSOL shorthands applied to the wsol spec."""
+# Keyword arguments of ``run`` that set one task's option: argument -> (task, option).
+TASK_SHORTHANDS = {"save_scoremaps": ("wsol", "save_scoremaps"),
+                   "cam_curve_interval": ("wsol", "cam_curve_interval"),
+                   "maps_images": ("maps", "images")}
+
+
+def _tasks(tasks: Optional[SpecLike | Iterable[SpecLike]], shorthands: dict[str, Any]) -> list[Spec]:
+    """Task specs (default: every task not opt-in), with the shorthands (``TASK_SHORTHANDS``)
+    applied to their task's spec."""
     specs = as_specs(TASKS, tasks, "tasks") if tasks is not None else [
-        parse_spec(TASKS, name) for name in TASKS.names()]
+        parse_spec(TASKS, entry.name) for entry in TASKS if entry.obj.default]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise BenchError(f"tasks: each task once, got {', '.join(map(str, specs))}", "tasks")
-    given = {k: v for k, v in wsol_options.items() if v is not None}
-    if given:
-        if "wsol" not in names:
-            raise BenchError(f"{next(iter(given))} applies to the wsol task, which is not among "
-                             f"the tasks ({', '.join(names)})", next(iter(given)))
-        i = names.index("wsol")
-        specs[i] = parse_spec(TASKS, _with_options(str(specs[i]), given))
+    for param, value in shorthands.items():
+        if value is None:
+            continue
+        task, option = TASK_SHORTHANDS[param]
+        if task not in names:
+            raise BenchError(f"{param} applies to the {task} task, which is not among the tasks "
+                             f"({', '.join(names)})", param)
+        i = names.index(task)
+        specs[i] = parse_spec(TASKS, _with_options(str(specs[i]), {option: value}))
     for spec in specs:
         TASKS.get(spec.name).obj.check(spec.kwargs)
     return specs
@@ -150,7 +159,8 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
                  data_root: Optional[str | Path] = None, download: bool = False, jobs: int = 1,
                  threads: Optional[int] = None, retry_failed: bool = False,
                  progress: bool = True, save_scoremaps: Optional[str | Path] = None,
-                 cam_curve_interval: Optional[float] = None, executor: str = "local",
+                 cam_curve_interval: Optional[float] = None, maps_images: Optional[int] = None,
+                 executor: str = "local",
                  ray_address: str = "auto", max_retries: int = 2,
                  ray_cpus: Optional[float] = None, ray_gpus: Optional[float] = None,
                  **recipe: Any) -> "SuiteConfig":
@@ -190,7 +200,7 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
         dataset=as_spec(DATASETS, dataset or config.dataset, "dataset"),
         recipe=config, preset=preset_entry.name,
         tasks=_tasks(tasks, {"save_scoremaps": save_scoremaps,
-                             "cam_curve_interval": cam_curve_interval}),
+                             "cam_curve_interval": cam_curve_interval, "maps_images": maps_images}),
         out_dir=writable_dir(out), device=resolve_device(device), data_root=_path(data_root),
         download=download, retry_failed=retry_failed, progress=progress, jobs=jobs,
         threads=threads, executor=executor, ray=ray_options)

@@ -62,7 +62,7 @@ def add_suite_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the backbone")
     p.add_argument("--tasks", nargs="+", default=None, metavar="SPEC",
                    help="tasks to run, with options, e.g. accuracy wsol[classic_box_rule=all] "
-                        "(default: all)")
+                        "(default: all but the opt-in ones, such as maps)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, default=Path("reports"), help="store and reports directory")
     p.add_argument("--save-scoremaps", type=Path, default=None, metavar="DIR",
@@ -70,6 +70,9 @@ def add_suite_arguments(p: argparse.ArgumentParser) -> None:
                         "score maps and metadata under DIR")
     p.add_argument("--cam-curve-interval", type=float, default=None,
                    help="shorthand for wsol[cam_curve_interval=X]: the tau sweep's step (0.01)")
+    p.add_argument("--maps-images", type=int, default=None, metavar="N",
+                   help="shorthand for maps[images=N]: test images the maps task scores "
+                        "(0: all; default 64)")
     p.add_argument("--jobs", type=positive_int, default=1,
                    help="local executor: parallel processes for independent (method, seed) runs")
     p.add_argument("--executor", default="local",
@@ -116,6 +119,7 @@ def suite_settings(args: argparse.Namespace) -> dict:
                 download=args.download, jobs=args.jobs, threads=args.threads,
                 retry_failed=args.retry_failed, progress=not args.no_progress,
                 save_scoremaps=args.save_scoremaps, cam_curve_interval=args.cam_curve_interval,
+                maps_images=args.maps_images,
                 executor=args.executor, ray_address=args.ray_address,
                 max_retries=args.max_retries, ray_cpus=args.ray_cpus, ray_gpus=args.ray_gpus,
                 **{name: getattr(args, name) for name in RECIPE_FLAGS})

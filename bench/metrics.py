@@ -115,6 +115,18 @@ for _delta in (30, 50, 70):
 _add("maxboxacc_v1", "wsol", "%", "MaxBoxAcc V1", **_WSOL)
 _add("pxap", "wsol", "%", "PxAP", headline=6, **_WSOL)
 
+# maps task: faithfulness of a map (bench/tasks/faithfulness.py), stored as ``name@source`` beside
+# the wsol metrics of each source; p = probability of the ground-truth class
+_MAPS = dict(table="maps", digits=3)
+_add("deletion_auc", "maps", "p", "Deletion AUC", direction=LOWER, **_MAPS)
+_add("insertion_auc", "maps", "p", "Insertion AUC", direction=HIGHER, **_MAPS)
+_add("road_morf", "maps", "Δp", "ROAD MoRF", direction=LOWER, **_MAPS)
+_add("road_lerf", "maps", "Δp", "ROAD LeRF", direction=HIGHER, **_MAPS)
+_add("road_combined", "maps", "Δp", "ROAD combined", direction=HIGHER, **_MAPS)
+_add("avg_drop", "maps", "%", "Average Drop", direction=LOWER, table="maps")
+_add("increase_in_confidence", "maps", "%", "Increase in Confidence", direction=HIGHER,
+     table="maps")
+
 # cost task (COST.md): counts are exact; memory figures are gated where a baseline gives a
 # tolerance; timings never (too noisy)
 _DEPLOYED, _EVAL = "deployed network", "deployed network, eval"

@@ -15,6 +15,7 @@ from bench.report.document import Block, Document, Figure, Image, Paragraph, Sec
 from bench.report.environment import environment_blocks
 from bench.report.figures import STYLE, Plotter, group_figures
 from bench.report.html import MIME, render_html
+from bench.report.maps import maps_blocks
 from bench.report.markdown import render_markdown
 from bench.report.tables import group_tables
 from bench.report.tuning import tuning_section
@@ -122,6 +123,7 @@ def group_section(group: Group, data: ReportData, plot: Plotter, interval: str) 
     if timing is not None:
         blocks.append(timing)
     blocks += group_figures(group, plot)
+    blocks += maps_blocks(group, plot)
     blocks += artifact_images(group, data.out_dir)
     return Section(group.label, group.slug, blocks, group.methods)
 

@@ -60,11 +60,13 @@ class RunContext:
 class Task(abc.ABC):
     """A named measurement. ``needs_training``: whether ``run`` needs the trained model;
     ``per_seed``: False when the result cannot depend on the seed (measured with the first seed
-    only); ``output_options``: options that only say where files go (not part of the identity)."""
+    only); ``default``: False for an opt-in task, left out of the default task list;
+    ``output_options``: options that only say where files go (not part of the identity)."""
 
     name: str = ""
     needs_training: bool = True
     per_seed: bool = True
+    default: bool = True
     output_options: tuple[str, ...] = ()
 
     def check(self, options: dict[str, Any]) -> None:

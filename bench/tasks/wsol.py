@@ -23,14 +23,15 @@ The task, for a trained model:
   size), RUN = ``DIR/<method>-run<id>-seed<seed>``, with a metadata folder ``RUN/metadata`` (boxes,
   and masks as PNGs under ``RUN/metadata/masks``) so that ``evaluate_wsol(RUN/metadata, RUN)``
   reproduces the task's numbers.
-A dataset without boxes or masks gives no metrics (a logged warning, no failure).
+A dataset without boxes or masks gives no metrics (a logged warning, no failure). The maps task
+scores every map source with the same pieces: ``holdout_tau`` and ``SplitScorer``.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -109,17 +110,18 @@ def evaluate_wsol(metadata_dir: str | Path, scoremap_dir: str | Path, cam_curve_
 
 
 @dataclass
-class _Item:
+class MapItem:
     """One image's evaluated map with what the metrics and the gallery need."""
 
-    index: int
+    index: int  # the image's index in its split
     image: torch.Tensor  # the network input (C, H, W), normalised
     label: int
     ranked: np.ndarray  # classes by decreasing score (top 5 at most)
     scoremap: np.ndarray  # (height, width) in [0, 1], at the image size
 
 
-def _maps(model: torch.nn.Module, split: Split, batch_size: int, device: torch.device) -> Iterator[_Item]:
+def model_maps(model: torch.nn.Module, split: Split, batch_size: int,
+               device: torch.device) -> Iterator[MapItem]:
     """The ground-truth-class map of every image of ``split``, in index order."""
     index = 0
     for x, y in split.batches(batch_size, train=False, device=device):
@@ -128,7 +130,7 @@ def _maps(model: torch.nn.Module, split: Split, batch_size: int, device: torch.d
             raw = model.localization_maps(x, y).detach().float().cpu().numpy()
         ranked = scores.topk(min(5, scores.shape[1]), dim=1).indices.cpu().numpy()
         for j in range(len(y)):
-            yield _Item(index, x[j], int(y[j]), ranked[j], prepare_map(raw[j], split.image_size(index)))
+            yield MapItem(index, x[j], int(y[j]), ranked[j], prepare_map(raw[j], split.image_size(index)))
             index += 1
 
 
@@ -140,7 +142,7 @@ def split_maxboxacc_v2(model: torch.nn.Module, split: Split, batch_size: int, de
         raise BenchError("selecting by WSOL needs a box-annotated holdout split; this dataset has "
                          "none (use select accuracy)", "select")
     evaluator = WsolEvaluator(interval, True, V2_IOU_THRESHOLDS)
-    for item in _maps(model, split, batch_size, device):
+    for item in model_maps(model, split, batch_size, device):
         evaluator.add(item.scoremap, _gt_boxes(split, item.index))
     return float(evaluator.results()["maxboxacc_v2"])
 
@@ -155,15 +157,16 @@ def _gt_boxes(split: Split, index: int) -> np.ndarray:
     return boxes
 
 
-def _holdout_tau(ctx: RunContext, rule: str, thresholds: np.ndarray, batch_size: int) -> tuple[float, str]:
-    """(tau, source): the tau of best GT-known BoxAcc at IoU 50 on the holdout, or the classic 0.2."""
-    holdout = ctx.data.holdout
+def holdout_tau(holdout: Optional[Split], maps: Callable[[Split], Iterable[MapItem]], rule: str,
+                thresholds: np.ndarray, dataset: str) -> tuple[float, str]:
+    """(tau, source): the first tau of best GT-known BoxAcc at IoU 50 over ``maps(holdout)``, or
+    the classic 0.2 when there is no box-annotated holdout (then ``maps`` is never called)."""
     if holdout is None or holdout.boxes is None:
-        log.warning("wsol: %s has no box-annotated holdout split; the classic metrics use tau = %.2f",
-                    ctx.data.name, FALLBACK_TAU)
+        log.warning("%s has no box-annotated holdout split; the classic metrics use tau = %.2f",
+                    dataset, FALLBACK_TAU)
         return FALLBACK_TAU, "fixed (no holdout)"
     accuracy = BoxAccuracy(thresholds, (CLASSIC_IOU,))
-    for item in _maps(ctx.model, holdout, batch_size, ctx.device):
+    for item in maps(holdout):
         accuracy.add(map_boxes(item.scoremap, thresholds).select(rule), _gt_boxes(holdout, item.index))
     return accuracy.best_threshold(CLASSIC_IOU)[1], "holdout"
 
@@ -179,7 +182,7 @@ def gallery_indices(labels: Sequence[int], count: int = GALLERY_SIZE) -> list[in
     return sorted(chosen + rest[:count - len(chosen)])
 
 
-def _display(image: torch.Tensor) -> tuple[np.ndarray, Optional[str]]:
+def display_image(image: torch.Tensor) -> tuple[np.ndarray, Optional[str]]:
     """A normalised input as an image to show (rescaled to [0, 1]) and its colour map."""
     array = image.detach().float().cpu().numpy()
     array = (array - array.min()) / max(float(array.max() - array.min()), 1e-12)
@@ -188,7 +191,7 @@ def _display(image: torch.Tensor) -> tuple[np.ndarray, Optional[str]]:
     return array[0], "gray"
 
 
-def save_gallery(path: Path, items: list[_Item], gt: dict[int, np.ndarray], predicted: dict[int, np.ndarray],
+def save_gallery(path: Path, items: list[MapItem], gt: dict[int, np.ndarray], predicted: dict[int, np.ndarray],
                  title: str, class_names: Sequence[str]) -> Path:
     """Two rows per image column: the input with its boxes, and the map overlaid with the same boxes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -201,7 +204,7 @@ def save_gallery(path: Path, items: list[_Item], gt: dict[int, np.ndarray], pred
     for col, item in enumerate(items):
         height, width = item.scoremap.shape
         extent = (-0.5, width - 0.5, height - 0.5, -0.5)
-        image, cmap = _display(item.image)
+        image, cmap = display_image(item.image)
         name = class_names[item.label] if item.label < len(class_names) else str(item.label)
         top1 = int(item.ranked[0])
         guess = class_names[top1] if top1 < len(class_names) else str(top1)
@@ -237,7 +240,7 @@ class _ScoremapWriter:
         self.root, self.split = root, split
         self.meta = WsolMetadata(root / "metadata", [], {})
 
-    def add(self, item: _Item) -> None:
+    def add(self, item: MapItem) -> None:
         image_id = self.split.ids[item.index]
         path = self.root / f"{image_id}.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,80 +268,47 @@ class _ScoremapWriter:
         return write_metadata(self.meta, self.meta.root)
 
 
-class WsolTask(Task):
-    """Weakly-supervised object localization of a trained classifier (see the module docstring)."""
+class SplitScorer:
+    """Every metric of the wsol task for one split's maps, streamed image by image: the
+    evaluator's MaxBoxAcc (all contours, IoU 30/50/70), MaxBoxAcc V1 and PxAP, and the classic
+    GT-known / Top-1 / Top-5 Loc at one ``tau`` chosen elsewhere (on the holdout)."""
 
-    name = "wsol"
-    needs_training = True
-    output_options = ("save_scoremaps",)
+    def __init__(self, split: Split, tau: float, tau_source: str, rule: str,
+                 cam_curve_interval: float) -> None:
+        self.split, self.tau, self.tau_source, self.rule = split, tau, tau_source, rule
+        self.tau_grid = np.array([tau])
+        self.evaluator = WsolEvaluator(cam_curve_interval, True, V2_IOU_THRESHOLDS)
+        self.box_ok: list[bool] = []
+        self.labels: list[int] = []
+        self.ranked: list[np.ndarray] = []
 
-    def check(self, options: dict[str, Any]) -> None:
-        check_interval(options["cam_curve_interval"], "task 'wsol': option cam_curve_interval")
-        if options["classic_box_rule"] not in BOX_RULES:
-            raise BenchError(f"task 'wsol': option classic_box_rule="
-                             f"{options['classic_box_rule']!r}; valid: {', '.join(BOX_RULES)}")
+    def add(self, item: MapItem) -> np.ndarray:
+        """Score one image's map; returns its predicted boxes at tau (under the classic rule)."""
+        split, index = self.split, item.index
+        gt = _gt_boxes(split, index) if split.boxes is not None else None
+        foreground = split.masks[index].cpu().numpy() if split.masks is not None else None
+        self.evaluator.add(item.scoremap, gt, foreground, _ignore_mask(split, index))
+        boxes = map_boxes(item.scoremap, self.tau_grid).select(self.rule)
+        if gt is not None:
+            self.box_ok.append(best_iou(boxes, gt)[0] >= CLASSIC_IOU / 100)
+        self.labels.append(item.label)
+        self.ranked.append(item.ranked)
+        return boxes[0]
 
-    def run(self, ctx: RunContext) -> TaskResult:
-        interval, rule = ctx.options["cam_curve_interval"], ctx.options["classic_box_rule"]
-        save_dir = Path(ctx.options["save_scoremaps"]) if ctx.options["save_scoremaps"] else None
-        thresholds = cam_thresholds(interval)
-        test = ctx.data.test
-        if test.boxes is None and test.masks is None:
-            log.warning("wsol: dataset %s has no boxes or masks on its test split; no WSOL metrics",
-                        ctx.data.name)
-            return TaskResult()
-        batch_size = ctx.recipe.eval_batch_size
-        tau, tau_source = _holdout_tau(ctx, rule, thresholds, batch_size)
-        tau_grid = np.array([tau])
-        evaluator = WsolEvaluator(interval, True, V2_IOU_THRESHOLDS)
-        if save_dir is not None:  # one folder per run, so runs sharing DIR never overwrite
-            save_dir = save_dir / f"{ctx.method.name}-run{ctx.run_id}-seed{ctx.seed}"
-        writer = _ScoremapWriter(save_dir, test) if save_dir is not None else None
-        chosen = set(gallery_indices(test.labels.tolist()))
-        box_ok, labels, ranked, shown = [], [], [], []
-        gt_shown: dict[int, np.ndarray] = {}
-        predicted: dict[int, np.ndarray] = {}
-        for item in _maps(ctx.model, test, batch_size, ctx.device):
-            gt = _gt_boxes(test, item.index) if test.boxes is not None else None
-            foreground = test.masks[item.index].cpu().numpy() if test.masks is not None else None
-            ignore = _ignore_mask(test, item.index)
-            evaluator.add(item.scoremap, gt, foreground, ignore)
-            boxes = map_boxes(item.scoremap, tau_grid).select(rule)
-            if gt is not None:
-                box_ok.append(best_iou(boxes, gt)[0] >= CLASSIC_IOU / 100)
-            labels.append(item.label)
-            ranked.append(item.ranked)
-            if writer is not None:
-                writer.add(item)
-            if item.index in chosen:
-                shown.append(item)
-                predicted[item.index] = boxes[0]
-                if gt is not None:
-                    gt_shown[item.index] = gt
-        if writer is not None:
-            log.info("wsol: test score maps saved to %s, metadata in %s", save_dir, writer.close())
-        results = evaluator.results()
-        metrics = self._metrics(results, box_ok, np.array(labels), np.stack(ranked), tau, tau_source,
-                                rule, ctx.data.num_classes,
-                                getattr(test, "ignore_masks", None) is not None)
-        title = (f"{ctx.method} on {ctx.backbone}, {ctx.data.name}: boxes at tau={tau:.3f} "
-                 f"({tau_source}, {BOX_RULES[rule]}); green = ground truth, red = predicted")
-        gallery = save_gallery(ctx.out_dir / "figures" / f"gallery-run{ctx.run_id}.png", shown, gt_shown,
-                               predicted, title, ctx.data.class_names)
-        return TaskResult(metrics=metrics, artifacts={"gallery": str(gallery)})
-
-    @staticmethod
-    def _metrics(results: dict, box_ok: list[bool], labels: np.ndarray, ranked: np.ndarray, tau: float,
-                 tau_source: str, rule: str, num_classes: int, ignore_regions: bool) -> list[Metric]:
+    def metrics(self, num_classes: int) -> list[Metric]:
+        """The split's metrics, each with how it was obtained in ``extra``."""
+        results = self.evaluator.results()
         interval = results["cam_curve_interval"]
+        labels, ranked = np.array(self.labels), np.stack(self.ranked)
         metrics: list[Metric] = []
-        if box_ok:
-            classic = {"tau": tau, "tau_source": tau_source, "box_rule": BOX_RULES[rule],
+        if self.box_ok:
+            classic = {"tau": self.tau, "tau_source": self.tau_source, "box_rule": BOX_RULES[self.rule],
                        "iou_threshold": CLASSIC_IOU, "cam_curve_interval": interval}
-            metrics.append(Metric("gt_known_loc", topk_loc(box_ok, labels), "%", classic))
-            metrics.append(Metric("top1_loc", topk_loc(box_ok, labels, ranked, 1), "%", classic))
+            metrics.append(Metric("gt_known_loc", topk_loc(self.box_ok, labels), "%", classic))
+            metrics.append(Metric("top1_loc", topk_loc(self.box_ok, labels, ranked, 1), "%", classic))
             if num_classes > 5:
-                metrics.append(Metric("top5_loc", topk_loc(box_ok, labels, ranked, 5), "%", classic))
+                metrics.append(Metric("top5_loc", topk_loc(self.box_ok, labels, ranked, 5), "%",
+                                      classic))
             sweep = {"cam_curve_interval": interval, "box_rule": results["box_rule"],
                      "tau_chosen_on": "test (max over tau, as MaxBoxAcc defines it)"}
             metrics.append(Metric("maxboxacc_v2", results["maxboxacc_v2"], "%",
@@ -350,9 +320,72 @@ class WsolTask(Task):
             metrics.append(Metric("maxboxacc_v1", results["maxboxacc_v1"], "%",
                                   {**sweep, "box_rule": BOX_RULES["largest"], "iou_threshold": 50}))
         if "pxap" in results:
+            ignore_regions = getattr(self.split, "ignore_masks", None) is not None
             metrics.append(Metric("pxap", results["pxap"], "%", {"cam_curve_interval": interval,
                                                                 "ignore_regions": ignore_regions}))
         return metrics
+
+
+def check_wsol_options(options: dict[str, Any], task: str) -> None:
+    """The options a task shares with wsol (``cam_curve_interval``, ``classic_box_rule``)."""
+    check_interval(options["cam_curve_interval"], f"task '{task}': option cam_curve_interval")
+    if options["classic_box_rule"] not in BOX_RULES:
+        raise BenchError(f"task '{task}': option classic_box_rule="
+                         f"{options['classic_box_rule']!r}; valid: {', '.join(BOX_RULES)}")
+
+
+def has_annotations(split: Split) -> bool:
+    """Whether a split has boxes or masks to score maps against."""
+    return split.boxes is not None or split.masks is not None
+
+
+class WsolTask(Task):
+    """Weakly-supervised object localization of a trained classifier (see the module docstring)."""
+
+    name = "wsol"
+    needs_training = True
+    output_options = ("save_scoremaps",)
+
+    def check(self, options: dict[str, Any]) -> None:
+        check_wsol_options(options, self.name)
+
+    def run(self, ctx: RunContext) -> TaskResult:
+        interval, rule = ctx.options["cam_curve_interval"], ctx.options["classic_box_rule"]
+        save_dir = Path(ctx.options["save_scoremaps"]) if ctx.options["save_scoremaps"] else None
+        test = ctx.data.test
+        if not has_annotations(test):
+            log.warning("wsol: dataset %s has no boxes or masks on its test split; no WSOL metrics",
+                        ctx.data.name)
+            return TaskResult()
+        batch_size = ctx.recipe.eval_batch_size
+        tau, tau_source = holdout_tau(ctx.data.holdout,
+                                      lambda split: model_maps(ctx.model, split, batch_size, ctx.device),
+                                      rule, cam_thresholds(interval), ctx.data.name)
+        scorer = SplitScorer(test, tau, tau_source, rule, interval)
+        if save_dir is not None:  # one folder per run, so runs sharing DIR never overwrite
+            save_dir = save_dir / f"{ctx.method.name}-run{ctx.run_id}-seed{ctx.seed}"
+        writer = _ScoremapWriter(save_dir, test) if save_dir is not None else None
+        chosen = set(gallery_indices(test.labels.tolist()))
+        shown: list[MapItem] = []
+        gt_shown: dict[int, np.ndarray] = {}
+        predicted: dict[int, np.ndarray] = {}
+        for item in model_maps(ctx.model, test, batch_size, ctx.device):
+            boxes = scorer.add(item)
+            if writer is not None:
+                writer.add(item)
+            if item.index in chosen:
+                shown.append(item)
+                predicted[item.index] = boxes
+                if test.boxes is not None:
+                    gt_shown[item.index] = _gt_boxes(test, item.index)
+        if writer is not None:
+            log.info("wsol: test score maps saved to %s, metadata in %s", save_dir, writer.close())
+        title = (f"{ctx.method} on {ctx.backbone}, {ctx.data.name}: boxes at tau={tau:.3f} "
+                 f"({tau_source}, {BOX_RULES[rule]}); green = ground truth, red = predicted")
+        gallery = save_gallery(ctx.out_dir / "figures" / f"gallery-run{ctx.run_id}.png", shown, gt_shown,
+                               predicted, title, ctx.data.class_names)
+        return TaskResult(metrics=scorer.metrics(ctx.data.num_classes),
+                          artifacts={"gallery": str(gallery)})
 
 
 TASKS.add("wsol", WsolTask(),
@@ -360,4 +393,5 @@ TASKS.add("wsol", WsolTask(),
           "MaxBoxAccV2, MaxBoxAcc, PxAP; a gallery figure",
           cam_curve_interval=0.01, classic_box_rule=CLASSIC_BOX_RULE, save_scoremaps=None, order=10)
 
-__all__ = ["WsolTask", "evaluate_wsol", "load_scoremap"]
+__all__ = ["MapItem", "SplitScorer", "WsolTask", "check_wsol_options", "display_image",
+           "evaluate_wsol", "has_annotations", "holdout_tau", "load_scoremap", "model_maps"]
