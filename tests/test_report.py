@@ -15,7 +15,8 @@ from PIL import Image
 from bench.cli import main
 from bench.registry import METHODS
 from bench.report import write_report
-from bench.report.collect import BASELINE_COLOUR, method_order, method_palette
+from bench.report.collect import BASELINE_COLOUR, load, method_order, method_palette
+from bench.report.figures import Plotter, accuracy_vs_gmacs
 from bench.report.stats import welch
 from bench.report.tables import describe_extras
 from bench.store import Store
@@ -176,6 +177,35 @@ def test_units_and_settings(report):
     assert "- latency_ms [batch_size=1], latency_ms [batch_size=64]: threads=1" in markdown
 
 
+def test_headline_table_comes_first(report):
+    _, _, markdown, html = report
+    assert markdown.split("\n## ")[1].startswith("Headline results")
+    assert html.index('<section id="headline">') < html.index('<section id="toy-resnet8">')
+    headline = md_tables(markdown.split("\n## ")[1])["toy / resnet8"]
+    assert headline[0] == [
+        "method", "top-1 (%)", "top-5 (%)", "MaxBoxAccV2 (%)", "GT-known Loc (%)", "Top-1 Loc (%)",
+        "PxAP (%)", "params (count)", "GMACs, fvcore default ops", "GMACs, incl. element-wise ops",
+        "latency [batch_size=1] (ms)", "latency [batch_size=64] (ms)",
+        "training step ratio (x gap-fc)", "training time (s)"]
+    rows = {r[0]: r for r in headline[1:]}
+    assert [r[0] for r in headline[1:]] == METHOD_ORDER
+    # se (k=1): top-1 74/75; MaxBoxAccV2 (the 3rd WSOL metric) 40 + 2 + 1 + seed; 79,000 params
+    assert rows["se"][1] == "74.50 ± 0.71" and rows["se"][3] == "43.50 ± 0.71"
+    assert rows["se"][7] == "79,000" and rows["ssia"][3] == "—"
+
+
+def test_accuracy_vs_gmacs_points_are_labelled(report, monkeypatch):
+    out, _, _, _ = report
+    kept = []
+    monkeypatch.setattr(Plotter, "save", lambda self, fig, *args: kept.append(fig))
+    group = load(out).groups[0]
+    accuracy_vs_gmacs(group, Plotter(out / "figures", method_palette(METHOD_ORDER)))
+    (ax,) = kept[0].axes
+    labels = {t.get_text(): t.xy for t in ax.texts}
+    assert set(labels) == set(METHOD_ORDER)
+    assert labels["se"] == pytest.approx((0.0135, 74.5))  # at se's point: gmacs_all, mean top-1
+
+
 def test_settings_that_differ_name_their_methods():
     extras = [("a", {"tool": "x", "n": 1, "t": 0.1}), ("b", {"tool": "y", "n": 1, "t": 0.2}),
               ("c", {"tool": "x", "t": 0.3}), ("d", {"tool": "x", "n": 1, "t": 0.4, "bs": 8})]
@@ -248,7 +278,7 @@ def test_recipes_are_reported_apart(tmp_path):
     store.close()
     markdown = write_report(tmp_path).markdown.read_text()
     assert "## toy / resnet8 (epochs=1)" in markdown and "## toy / resnet8 (epochs=3)" in markdown
-    sections = markdown.split("\n## ")[1:3]
+    sections = markdown.split("\n## ")[2:4]  # after the headline section
     assert [md_tables(s)["Accuracy"][1][2] for s in sections] == ["50.00", "80.00"]
 
 

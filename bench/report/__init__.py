@@ -10,6 +10,7 @@ from bench.report.collect import Group, ReportData, load, resolve_artifact
 from bench.report.document import Block, Document, Figure, Image, Paragraph, Section
 from bench.report.environment import environment_blocks
 from bench.report.figures import Plotter, group_figures
+from bench.report.headline import headline_section
 from bench.report.html import MIME, render_html
 from bench.report.markdown import render_markdown
 from bench.report.tables import group_tables
@@ -68,8 +69,10 @@ def group_section(group: Group, data: ReportData, plot: Plotter) -> Section:
 def build_document(data: ReportData) -> Document:
     """The whole report for the store's contents; every table and figure that the data allow."""
     plot = Plotter(data.out_dir / "figures", data.palette)
-    sections = [group_section(g, data, plot) for g in data.groups]
-    if not sections:
+    headline = headline_section(data.groups)
+    sections = [headline] if headline else []
+    sections += [group_section(g, data, plot) for g in data.groups]
+    if not data.groups:
         sections.append(Section("Results", "results", [Paragraph("No results stored yet.")]))
     sections.append(Section("Environment", "environment", environment_blocks(data.runs)))
     subtitle = (f"{len(data.runs)} runs in {data.out_dir / 'results.sqlite'}, "

@@ -86,13 +86,15 @@ def accuracy_vs_gmacs(group: Group, plot: Plotter) -> Optional[Figure]:
     for method, x, y, err in points:
         ax.errorbar(x, y, yerr=err, fmt="o", color=plot.palette[method], ecolor=plot.palette[method],
                     capsize=3, markersize=7, label=method)
+        ax.annotate(method, (x, y), xytext=(6, 3), textcoords="offset points", fontsize=8,
+                    color="#333333")
     conv = "incl. element-wise ops" if x_metric == "gmacs_all" else "fvcore default ops"
     ax.set_xlabel(f"GMACs of the deployed network ({conv})")
     ax.set_ylabel("test top-1 (%)")
     _legend(fig, [p[0] for p in points], plot.palette, "o")
     return plot.save(fig, f"{group.slug}-accuracy-vs-gmacs", "Accuracy vs compute",
                 f"Test top-1 accuracy (mean over seeds, error bars: sample std) against GMACs "
-                f"({conv}), one point per method.")
+                f"({conv}), one labelled point per method.")
 
 
 def training_step(group: Group, plot: Plotter) -> Optional[Figure]:
