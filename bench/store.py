@@ -128,8 +128,11 @@ def check_file(path: Path, must_exist: bool) -> bytes:
     if not path.is_file():
         raise BenchError(f"{path} is not a file; {where}")
     size = path.stat().st_size
-    with open(path, "rb") as f:
-        header = f.read(100)
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except OSError as e:
+        raise BenchError(f"{path} cannot be read ({e.strerror or e}); {where}") from None
     if header[:16] != SQLITE_MAGIC:
         raise BenchError(f"{path} exists but is not an SQLite results store; {where}")
     page_size = int.from_bytes(header[16:18], "big") if len(header) == 100 else 0

@@ -380,9 +380,9 @@ def test_out_of_memory_names_the_input_size(monkeypatch, capsys, error, size):
                  "100000", "--num-classes", "10"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith("error: --input-size 100000: 100000x100000 images do not fit in memory "
-                          "on cpu for method 'gap-fc' at batch 8 (an allocation of ")
-    assert f"{size} failed); use a smaller input size or batch size" in err
+    assert err == (f"error: --input-size 100000: method 'gap-fc' ran out of memory measuring "
+                   f"100000x100000 images (an allocation of {size} failed); use a smaller input "
+                   f"size, or a smaller batch size\n")
 
 
 def test_other_runtime_errors_are_not_taken_for_memory(monkeypatch):

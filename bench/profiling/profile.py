@@ -199,8 +199,7 @@ def _out_of_memory(error: BaseException) -> bool:
 
 
 @contextmanager
-def _user_errors(method: Spec, batch_size: int, input_size: int,
-                 device: torch.device) -> Iterator[None]:
+def _user_errors(method: Spec, batch_size: int, input_size: int) -> Iterator[None]:
     """Turn batch norm's refusal of a one-image training batch, and running out of memory, into
     one-line user-facing errors naming the batch or input size."""
     try:
@@ -215,9 +214,9 @@ def _user_errors(method: Spec, batch_size: int, input_size: int,
             raise
         tried = re.search(r"[Tt]ried to allocate (\d+(?:\.\d+)? ?[A-Za-z]+)", str(error))
         need = f" (an allocation of {tried.group(1)} failed)" if tried else ""
-        raise BenchError(f"input_size {input_size}: {input_size}x{input_size} images do not fit in "
-                         f"memory on {device} for method {str(method)!r} at batch {batch_size}"
-                         f"{need}; use a smaller input size or batch size", "input_size") from None
+        raise BenchError(f"input_size {input_size}: method {str(method)!r} ran out of memory "
+                         f"measuring {input_size}x{input_size} images{need}; use a smaller input "
+                         f"size, or a smaller batch size", "input_size") from None
 
 
 def profile_methods(methods: list[Spec], backbone: Spec, input_size: int, num_classes: int,
@@ -249,7 +248,7 @@ def profile_methods(methods: list[Spec], backbone: Spec, input_size: int, num_cl
         row = {"method": str(method), "backbone": str(backbone), "input_size": input_size,
                "num_classes": num_classes, "in_channels": in_channels, "cutmix": cutmix,
                **settings.record()}
-        with _user_errors(method, batch_size, input_size, settings.device):
+        with _user_errors(method, batch_size, input_size):
             row.update(counted_figures(model, work, baseline_params))
             row.update(_memory_figures(model, work, settings))
             if latency:
