@@ -140,6 +140,8 @@ def print_suite(result) -> int:
 
     for o in result.failed:
         print(f"FAILED {o.method} seed {o.seed}: {o.reason}", file=sys.stderr)
+    if result.outcomes and all(o.status == "skipped" for o in result.outcomes):
+        print(f"nothing to do: all {len(result.outcomes)} runs are already in the store")
     claimed = [o for o in result.outcomes if o.reason.startswith("claimed by")]
     if claimed:
         print(f"{len(claimed)} run(s) left to the other process working on them "
@@ -224,7 +226,7 @@ def cmd_evaluate_wsol(args: argparse.Namespace) -> int:
 
     result = evaluate_wsol(args.metadata, args.scoremaps, args.cam_curve_interval,
                            multi_contour=not args.largest_contour,
-                           iou_thresholds=tuple(args.iou_thresholds))
+                           iou_thresholds=tuple(args.iou_thresholds), mask_root=args.mask_root)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
@@ -328,8 +330,12 @@ def build_parser() -> Parser:
     p.set_defaults(func=cmd_profile)
     p = sub.add_parser("evaluate-wsol", help="evaluate any tool's score maps (MaxBoxAccV2, PxAP)")
     p.add_argument("--metadata", type=Path, required=True,
-                   help="folder with image_ids.txt, class_labels.txt, image_sizes.txt, localization.txt")
+                   help="folder with image_ids.txt, class_labels.txt, localization.txt and, for "
+                        "boxes, image_sizes.txt")
     p.add_argument("--scoremaps", type=Path, required=True, help="folder of <image_id>.npy maps in [0, 1]")
+    p.add_argument("--mask-root", type=Path, default=None,
+                   help="folder the mask paths of localization.txt are relative to (default: the "
+                        "metadata folder; the reference's --mask_root for its OpenImages metadata)")
     p.add_argument("--cam-curve-interval", type=float, default=0.01)
     p.add_argument("--largest-contour", action="store_true", help="V1 box rule: largest contour only")
     p.add_argument("--iou-thresholds", type=int, nargs="+", default=[30, 50, 70])

@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from bench.errors import BenchError
 from bench.tasks.base import TaskResult
@@ -99,11 +99,6 @@ CREATE TABLE IF NOT EXISTS trials (
     PRIMARY KEY (study_id, number)
 );
 """
-# Columns added since schema version 1: (table, column, type); added to older stores on open.
-_ADDED_COLUMNS = [("runs", "owner", "TEXT"), ("runs", "train_seconds", "REAL"),
-                  ("task_runs", "seconds", "REAL")]
-
-
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -157,55 +152,213 @@ def owner_alive(token: str) -> bool:
     return start in ("?", "") or _start_time(pid) == start
 
 
-def check_sqlite_file(path: Path) -> None:
-    """Refuse (without touching it) a file that exists but is not an SQLite database."""
-    if path.exists() and path.stat().st_size > 0:
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+@functools.lru_cache(maxsize=1)
+def expected_columns() -> dict[str, set[str]]:
+    """Every table of the current schema with its columns, read from ``_SCHEMA`` itself."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(_SCHEMA)
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {table: _columns(db, table) for table in tables}
+    finally:
+        db.close()
+
+
+def check_file(path: Path, must_exist: bool) -> bytes:
+    """The first 100 bytes of ``path`` (empty for an absent or empty file, a new store), after
+    refusing, before SQLite opens it, a file that cannot be a sound SQLite database: another
+    format, a header alone, a truncated file. ``must_exist``: an absent or empty file is refused."""
+    where = f"choose another --out or move {path} away"
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        if must_exist:
+            state = "is empty" if path.exists() else "does not exist"
+            raise BenchError(f"no results store at {path} (the file {state}); run `python -m bench "
+                             f"run --out {path.parent}` first")
+        return b""
+    if not path.is_file():
+        raise BenchError(f"{path} is not a file; {where}")
+    size = path.stat().st_size
+    try:
         with open(path, "rb") as f:
-            if f.read(16) != SQLITE_MAGIC:
-                raise BenchError(f"{path} exists but is not an SQLite results store; "
-                                 f"move it away or choose another --out")
+            header = f.read(100)
+    except OSError as e:
+        raise BenchError(f"{path} cannot be read ({e.strerror or e}); {where}") from None
+    if header[:16] != SQLITE_MAGIC:
+        raise BenchError(f"{path} exists but is not an SQLite results store; {where}")
+    page_size = int.from_bytes(header[16:18], "big") if len(header) == 100 else 0
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        raise BenchError(f"{path} is a damaged SQLite file (invalid header); {where}")
+    if size % page_size:
+        raise BenchError(f"{path} is a truncated or damaged SQLite file ({size} bytes, not a whole "
+                         f"number of {page_size}-byte pages); {where}")
+    pages, changes, valid_for = (int.from_bytes(header[i:i + 4], "big") for i in (28, 24, 92))
+    if changes == valid_for and pages * page_size > size:
+        raise BenchError(f"{path} is a truncated SQLite file ({size} of {pages * page_size} "
+                         f"bytes); {where}")
+    return header
+
+
+def migrate(db: sqlite3.Connection, version: int, path: Path) -> None:
+    """Upgrade ``db`` from schema ``version`` to ``SCHEMA_VERSION`` by the ``MIGRATIONS`` steps and
+    record the new version; a BenchError, before any step runs, when a step is missing."""
+    missing = [v for v in range(version, SCHEMA_VERSION) if v not in MIGRATIONS]
+    if missing:
+        raise BenchError(f"{path} has store schema version {version}, older than this bench's "
+                         f"{SCHEMA_VERSION}, and no migration from version {missing[0]} exists; "
+                         f"use the bench that wrote it, or another --out")
+    for v in range(version, SCHEMA_VERSION):
+        MIGRATIONS[v](db)
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+
+
+def schema_version(db: sqlite3.Connection, path: Path) -> int:
+    """The schema version of the bench store open in ``db``; a BenchError (nothing written) for a
+    damaged file, a database that is not a bench store, or a version newer than this code's."""
+    problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+    if problems != ["ok"]:
+        raise BenchError(f"{path} is a damaged SQLite file ({problems[0]}); choose another --out "
+                         f"or restore it from a copy")
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    row = None
+    if "meta" in tables and expected_columns()["meta"] <= _columns(db, "meta"):
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    version = str(row[0]) if row else ""
+    if not version.isdigit():
+        found = f"tables: {', '.join(sorted(tables))}" if tables else "no tables"
+        raise BenchError(f"{path} is an SQLite database but not a bench results store (no "
+                         f"schema_version in a meta table; {found}); it is left untouched: choose "
+                         f"another --out")
+    if int(version) > SCHEMA_VERSION:
+        raise BenchError(f"{path} has store schema version {version}, newer than this bench's "
+                         f"{SCHEMA_VERSION}: it was written by a newer bench; upgrade bench, or "
+                         f"choose another --out")
+    return int(version)
+
+
+def check_tables(db: sqlite3.Connection, path: Path) -> None:
+    """A BenchError unless every table of the current schema exists with all its columns."""
+    for table, columns in expected_columns().items():
+        missing = columns - _columns(db, table)
+        if missing:
+            what = "missing" if missing == columns else f"lacks column(s) {', '.join(sorted(missing))}"
+            raise BenchError(f"{path} is not a bench results store of schema version "
+                             f"{SCHEMA_VERSION}: table {table} {what}; choose another --out")
+
+
+def _add_columns(*columns: tuple[str, str, str]) -> Callable[[sqlite3.Connection], None]:
+    """A migration step adding (table, column, type) columns; new tables come from ``_SCHEMA``."""
+    def step(db: sqlite3.Connection) -> None:
+        for table, column, kind in columns:
+            if column not in _columns(db, table):
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        for statement in _SCHEMA.split(";"):  # CREATE ... IF NOT EXISTS: the tables added
+            if statement.strip():
+                db.execute(statement)
+    return step
+
+
+# MIGRATIONS[v] upgrades a store from schema version v to v + 1, run in order by ``migrate``.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _add_columns(("runs", "owner", "TEXT"), ("runs", "train_seconds", "REAL"),
+                    ("task_runs", "seconds", "REAL")),
+    2: _add_columns(),  # the studies and trials tables
+}
 
 
 WORKER_ENV = "BENCH_WORKER"  # set in worker processes, which must never open the store
 
 
 class Store:
-    """The SQLite results store at ``path`` (created on first use). Only the driver process opens
-    it; a worker process (``BENCH_WORKER`` set) that tries is a bug and fails loudly."""
+    """The SQLite results store at ``path``, checked before anything is written to it.
+
+    ``create=True`` (the suite, the store's only writer) opens it for writing: an absent or empty
+    file becomes a new store; an existing file must be a bench store (a ``meta`` table with a
+    ``schema_version`` not newer than ``SCHEMA_VERSION``, and every table with its columns); an
+    older one is migrated in place (``MIGRATIONS``) in the same transaction; only then is the
+    store put in WAL mode. ``create=False`` opens an existing store read-only (``mode=ro``
+    connections, for ``results``, ``report`` and ``check``); an older one is migrated in a
+    private in-memory copy. A file that is not a bench store, a damaged one, or one of a newer
+    version is a BenchError and stays byte-identical, with no file left beside it. Only the
+    driver process opens it; a worker process (``BENCH_WORKER`` set) that tries is a bug and
+    fails loudly.
+    """
 
     def __init__(self, path: Path, create: bool = True) -> None:
         if os.environ.get(WORKER_ENV):
             raise RuntimeError(f"a worker process opened the results store {path}: only the "
                                "driver writes it")
         self.path = Path(path)
-        check_sqlite_file(self.path)
-        if not create and not self.path.exists():
-            raise BenchError(f"no results store at {self.path}; run `python -m bench run --out "
-                             f"{self.path.parent}` first")
+        self.read_only = not create
+        header = check_file(self.path, must_exist=self.read_only)
         try:
-            self.db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA busy_timeout = 60000")
-            if create:
-                self.db.execute("PRAGMA journal_mode = WAL")
-                with self.transaction():
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            self.db.execute(statement)
-                    self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                                    (str(SCHEMA_VERSION),))
-                    self._migrate()
+            if self.read_only:
+                self.db = self._open_read_only(header)
+            else:
+                self.db = self._connect(self.path.resolve().as_uri())
+                try:
+                    self._prepare_for_writing()
+                except BaseException:
+                    self.db.close()
+                    raise
         except sqlite3.DatabaseError as e:
-            raise BenchError(f"{self.path} is not a usable SQLite results store ({e})") from None
+            raise BenchError(f"{self.path} is not a usable results store ({e}); choose another "
+                             f"--out") from None
 
-    def _migrate(self) -> None:
-        """Bring an older bench store to this schema (inside the opening transaction)."""
-        for table, column, kind in _ADDED_COLUMNS:
-            have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
-            if column not in have:
-                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                        (str(SCHEMA_VERSION),))
+    @staticmethod
+    def _connect(uri: str) -> sqlite3.Connection:
+        db = sqlite3.connect(uri, timeout=60.0, isolation_level=None, uri=True)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout = 60000")
+        return db
+
+    def _open_read_only(self, header: bytes) -> sqlite3.Connection:
+        """A read-only connection to the checked store. A WAL-mode file without a ``-wal`` file
+        beside it (no writer: the main file holds everything) is checked through an immutable
+        connection, since a plain one would leave ``-wal`` and ``-shm`` files beside a file that
+        may not be a bench store; a store that passes is then read through a plain one, which
+        sees a writer that starts meanwhile."""
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        idle_wal = header[18] == 2 and not Path(f"{self.path}-wal").exists()
+        db = self._connect(uri + ("&immutable=1" if idle_wal else ""))
+        try:
+            version = schema_version(db, self.path)
+            if version < SCHEMA_VERSION:  # migrated in a private copy: the file stays as it is
+                copy = sqlite3.connect(":memory:", isolation_level=None)
+                copy.row_factory = sqlite3.Row
+                db.backup(copy)
+                db.close()
+                db = copy
+                migrate(db, version, self.path)
+            check_tables(db, self.path)
+            if idle_wal and version == SCHEMA_VERSION:
+                db.close()
+                db = self._connect(uri)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _prepare_for_writing(self) -> None:
+        """Create a new store, or check (and migrate) an existing one, in one transaction; then
+        WAL mode (readers never wait for the writer, and still read after it is killed)."""
+        with self.transaction() as db:
+            tables = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+            if tables == 0 and self.path.stat().st_size == 0:  # a new store (locked: no one else)
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            else:
+                version = schema_version(db, self.path)
+                if version < SCHEMA_VERSION:
+                    migrate(db, version, self.path)
+            check_tables(db, self.path)
+        self.db.execute("PRAGMA journal_mode = WAL")
 
     def close(self) -> None:
         self.db.close()

@@ -234,3 +234,28 @@ def test_missing_baseline_file(tmp_path, capsys):
     make_store(tmp_path)
     code, _, err = cli(capsys, "check", "--out", str(tmp_path), "--baseline", str(tmp_path / "none.json"))
     assert code == 2 and "cannot read baseline" in err and "--update" in err
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+def test_undecodable_baseline_is_one_line_exit_2(tmp_path, capsys, encoding):
+    make_store(tmp_path)
+    baseline = tmp_path / "b.json"
+    baseline.write_text('{"records": []}', encoding=encoding)
+    before = baseline.read_bytes()
+    for extra in ([], ["--update"]):
+        code, out, err = cli(capsys, "check", "--out", str(tmp_path), "--baseline", str(baseline), *extra)
+        assert code == 2 and out == "" and err.count("\n") == 1
+        assert err.startswith(f"error: {baseline}: not UTF-8 text") and "Traceback" not in err
+        assert baseline.read_bytes() == before
+
+
+def test_update_where_the_baseline_folder_is_a_file(tmp_path, capsys):
+    make_store(tmp_path)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("precious")
+    for target in (blocker / "baseline.json", blocker / "sub" / "baseline.json"):
+        code, out, err = cli(capsys, "check", "--out", str(tmp_path), "--baseline", str(target),
+                             "--update")
+        assert code == 2 and out == "" and err.count("\n") == 1
+        assert err.startswith(f"error: cannot write baseline {target} (") and "Traceback" not in err
+    assert blocker.read_text() == "precious"

@@ -31,8 +31,10 @@ def test_run_stores_results_and_resume_skips(tmp_path, capsys):
     ended_before = db.execute("SELECT ended FROM task_runs").fetchall()
     curves = db.execute("SELECT name, COUNT(*) FROM curves GROUP BY name").fetchall()
     assert dict(curves) == {"train_loss": 1, "train_top1": 1, "test_top1": 1, "lr": 1}
-    code, _, _ = run_cli(capsys, "run", "--methods", "gap_fc", "--out", str(tmp_path), *TOY)
+    assert "nothing to do" not in out
+    code, out, _ = run_cli(capsys, "run", "--methods", "gap_fc", "--out", str(tmp_path), *TOY)
     assert code == 0
+    assert "nothing to do: all 1 runs are already in the store\n" in out
     assert db.execute("SELECT ended FROM task_runs").fetchall() == ended_before  # not rerun
     assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
 

@@ -278,7 +278,8 @@ def test_wsol_metadata_with_boxes(tmp_path):
 
 def write_mask_dataset(root: Path) -> None:
     """OpenImages-like: oi/{train,test}/<class>/<id>.jpg, instance masks and ignore masks beside the
-    test images (paths relative to the image folder, as the reference's), no image_sizes.txt."""
+    test images (paths relative to the image folder, as the reference's), and an empty
+    image_sizes.txt in the test folder, as the reference ships it."""
     for i, (path, _) in enumerate(WM_TRAIN):
         write_image(root / "oi" / "train" / path, (16, 16), i)
     lines = []
@@ -297,6 +298,7 @@ def write_mask_dataset(root: Path) -> None:
     test = write_meta(root / "meta" / "test", [(f"{s}.jpg", c, None, None) for s, c in zip(rects, (0, 1))],
                       sizes=False, localization=False)
     (test / "localization.txt").write_text("\n".join(lines) + "\n")
+    (test / "image_sizes.txt").write_text("")
 
 
 MASK_OPTIONS = {"root": "oi", "train": "meta/train", "test": "meta/test", "mask_root": "oi"}

@@ -3,7 +3,11 @@ saved activations against hand counts; timing helpers; the profile rows."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +19,9 @@ from torch.utils.flop_counter import FlopCounterMode
 import bench
 from bench.errors import BenchError
 from bench.methods.base import BaselineDeploy, Batch, MethodNet, StepOutput
+from bench.cli import main
 from bench.profiling.profile import (FIGURES, Workload, counted_figures, figure_settings,
-                                     profile_methods, random_batch)
+                                     min_input_size, profile_methods, random_batch)
 from bench.profiling.flops import count_dispatched, count_traced
 from bench.profiling.latency import time_call, time_interleaved
 from bench.profiling.memory import (count_params, memory_access_bytes, saved_activation_bytes,
@@ -329,3 +334,80 @@ def test_bad_settings_are_user_errors(kwargs):
         bench.profile(**args)
     name = next(iter(kwargs))
     assert error.value.param == name and str(error.value).startswith(name)
+
+
+@pytest.mark.parametrize("backbone, smallest", [
+    ("resnet8", 4), ("resnet110", 4), ("wrn-40-2", 4),  # CIFAR: stride-2 stages 2 and 3
+    ("resnet18", 32), ("resnet50", 32)])  # ImageNet: stride-2 stem conv and max-pool, stages 2-4
+def test_min_input_size_is_the_backbones_downsampling(backbone, smallest):
+    spec = parse_spec(BACKBONES, backbone)
+    assert min_input_size(spec, 3) == smallest
+    net = BACKBONES.get(backbone).obj(in_channels=3).eval()
+    with torch.no_grad():  # a real forward: each side of the last stage is the input side / factor
+        assert net(torch.zeros(1, 3, 3 * smallest, 3 * smallest))[-1].shape[-2:] == (3, 3)
+    with pytest.raises(BenchError) as error:
+        profile_methods(specs("gap-fc"), spec, smallest - 1, 10, latency=False)
+    assert error.value.param == "input_size"
+    assert str(error.value) == (f"input_size {smallest - 1} is too small for backbone {backbone}, "
+                                f"which downsamples by {smallest}: use {smallest} or more")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input-size", "1"], "--input-size 1 is too small for backbone resnet50, which downsamples "
+                            "by 32: use 32 or more"),
+    (["--backbone", "resnet8", "--input-size", "3"], "--input-size 3 is too small for backbone "
+                                                     "resnet8, which downsamples by 4: use 4 or more"),
+])
+def test_too_small_input_is_one_line_exit_2(capsys, args, message):
+    assert main(["profile", "--methods", "gap-fc", *args]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message}\n"
+
+
+CPU_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+           "you tried to allocate 120000000000 bytes. Error code 12 (Cannot allocate memory)")
+CUDA_OOM = "CUDA out of memory. Tried to allocate 111.76 GiB. GPU 0 has a total capacity of 79 GiB"
+
+
+@pytest.mark.parametrize("error, size", [(RuntimeError(CPU_OOM), "120000000000 bytes"),
+                                         (torch.OutOfMemoryError(CUDA_OOM), "111.76 GiB")])
+def test_out_of_memory_names_the_input_size(monkeypatch, capsys, error, size):
+    def allocate(self, n):  # what torch raises when the input does not fit
+        raise error
+
+    monkeypatch.setattr(Workload, "images", allocate)
+    code = main(["profile", "--methods", "gap-fc", "--backbone", "resnet8", "--input-size",
+                 "100000", "--num-classes", "10"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err == (f"error: --input-size 100000: method 'gap-fc' ran out of memory measuring "
+                   f"100000x100000 images (an allocation of {size} failed); use a smaller input "
+                   f"size, or a smaller batch size\n")
+
+
+def test_other_runtime_errors_are_not_taken_for_memory(monkeypatch):
+    def broken(self, n):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(Workload, "images", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        profile_methods(specs("gap-fc"), RESNET8, 32, 10, latency=False)
+
+
+def test_the_no_cuda_runtime_notice_alone_is_silenced(tmp_path):
+    """torch.utils.benchmark imports torch.utils.cpp_extension, which warns "No CUDA runtime is
+    found" when a CUDA toolkit is installed without a usable GPU: timing drops that one message."""
+    env = dict(os.environ, CUDA_HOME=str(tmp_path), CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    notice = "No CUDA runtime is found"
+    control = subprocess.run([sys.executable, "-c", "import torch.utils.benchmark"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert notice in control.stderr  # what torch prints on such a machine
+    script = ("import logging\n"
+              "from bench.profiling.latency import time_call\n"
+              "time_call(lambda: None, 1, min_run_time=0.01)\n"
+              "logging.getLogger('torch.utils.cpp_extension').warning('another warning')\n")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert notice not in proc.stderr and "another warning" in proc.stderr

@@ -16,7 +16,8 @@ from PIL import Image
 from bench.cli import main
 from bench.registry import METHODS
 from bench.report import write_report
-from bench.report.collect import BASELINE_COLOUR, method_order, method_palette
+from bench.report.collect import BASELINE_COLOUR, load, method_order, method_palette
+from bench.report.figures import Plotter, accuracy_vs_cost
 from bench.report.stats import estimate
 from bench.report.tables import describe_extras
 from bench.store import Store
@@ -148,6 +149,37 @@ def test_units_and_settings(report):
     assert "- latency_ms [batch_size=1], latency_ms [batch_size=64]: threads=1" in markdown
 
 
+def test_headline_table_comes_first(report):
+    _, _, markdown, html = report
+    assert markdown.split("\n## ")[1].startswith("Headline results")
+    assert html.index('<section id="headline">') < html.index('<section id="toy-resnet8">')
+    headline = md_tables(markdown.split("\n## ")[1])["toy / resnet8"]
+    assert headline[0] == [
+        "method", "top-1 (%)", "top-5 (%)", "MaxBoxAccV2 (%)", "GT-known Loc (%)", "Top-1 Loc (%)",
+        "PxAP (%)", "params (count)", "GMACs, fvcore default ops", "GMACs, incl. element-wise ops",
+        "latency [batch_size=1] (ms)", "latency [batch_size=64] (ms)",
+        "training step ratio (x gap-fc)", "training time (s)"]
+    rows = {r[0]: r for r in headline[1:]}
+    assert [r[0] for r in headline[1:]] == METHOD_ORDER
+    # se (k=1): top-1 74/75; MaxBoxAccV2 (the 3rd WSOL metric) 40 + 2 + 1 + seed; 79,000 params
+    assert rows["se"][1] == estimate([74.0, 75.0]).text("%", 2)
+    assert rows["se"][3] == estimate([43.0, 44.0]).text("%", 2)
+    assert rows["se"][7] == "79,000" and rows["ssia"][3] == "—"
+
+
+def test_accuracy_vs_cost_points_are_labelled(report, monkeypatch):
+    out, _, _, _ = report
+    kept = []
+    monkeypatch.setattr(Plotter, "save", lambda self, fig, *args: kept.append(fig))
+    group = load(out).groups[0]
+    accuracy_vs_cost(group, Plotter(out / "figures", method_palette(METHOD_ORDER)))
+    gmacs, step = kept[0].axes[:2]  # the legend is the figure's, not an axes
+    labels = {t.get_text(): t.xy for t in gmacs.texts}
+    assert set(labels) == set(METHOD_ORDER)
+    assert labels["se"] == pytest.approx((0.0135, 74.5))  # at se's point: gmacs_all, mean top-1
+    assert {t.get_text(): t.xy for t in step.texts}["se"] == pytest.approx((1.1, 74.5))
+
+
 def test_settings_that_differ_name_their_methods():
     extras = [("a", {"tool": "x", "n": 1, "t": 0.1}), ("b", {"tool": "y", "n": 1, "t": 0.2}),
               ("c", {"tool": "x", "t": 0.3}), ("d", {"tool": "x", "n": 1, "t": 0.4, "bs": 8})]
@@ -236,7 +268,7 @@ def test_recipes_are_reported_apart(tmp_path):
     store.close()
     markdown = write_report(tmp_path).markdown.read_text()
     assert "## toy / resnet8 (epochs=1)" in markdown and "## toy / resnet8 (epochs=3)" in markdown
-    sections = markdown.split("\n## ")[2:4]  # after the summary
+    sections = markdown.split("\n## ")[3:5]  # after the headline and the summary
     assert [md_tables(s)["Accuracy"][1][2] for s in sections] == [
         "50.00 (n=1, no interval)", "80.00 (n=1, no interval)"]
 

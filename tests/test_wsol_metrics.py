@@ -305,8 +305,20 @@ def test_metadata_missing_file(tmp_path):
         read_metadata(root)
     (root / "image_sizes.txt").unlink()
     write_lines(root / "class_labels.txt", ["a/x.jpg,0", "b.jpg,3"])
-    with pytest.raises(BenchError, match=r"image_sizes\.txt: missing; boxes \(.*localization\.txt:1\)"):
+    with pytest.raises(BenchError,
+                       match=r"image_sizes\.txt: missing or empty; boxes \(.*localization\.txt:1\)"):
         read_metadata(root)
+    (root / "image_sizes.txt").write_text("\n")  # empty counts as absent
+    with pytest.raises(BenchError, match=r"image_sizes\.txt: missing or empty; boxes"):
+        read_metadata(root)
+
+
+def test_empty_sizes_file_is_absent_for_masks(tmp_path):
+    # the reference's OpenImages metadata: masks only, and an empty image_sizes.txt
+    root = make_folder(tmp_path, localization=["a/x.jpg,m1.png,", "b.jpg,m3.png,"])
+    (root / "image_sizes.txt").write_text("")
+    meta = read_metadata(root)
+    assert meta.image_sizes == {} and set(meta.masks) == {"a/x.jpg", "b.jpg"}
 
 
 def save_map(root: Path, image_id: str, m: np.ndarray) -> None:
@@ -350,15 +362,21 @@ def test_evaluate_wsol_scores_on_the_map_grid(tmp_path):
     (np.full((20, 20), 1.5), r"b\.jpg\.npy: score map values must lie in \[0, 1\]"),
     (-np.ones((20, 20)), r"b\.jpg\.npy: score map values must lie in \[0, 1\]"),
     (np.ones((20, 20), dtype=np.int64), r"b\.jpg\.npy: score map must hold floating-point scores"),
+    (b"\x00\xffgarbage", r"b\.jpg\.npy: not a numeric score map \(not a \.npy file\)"),
+    (b"", r"b\.jpg\.npy: not a numeric score map \(not a \.npy file\)"),
+    (np.array([{"a": 1}], dtype=object), r"b\.jpg\.npy: not a numeric score map \(.*Python objects\)"),
 ])
 def test_evaluate_wsol_validates_score_maps(tmp_path, bad, match):
     meta = make_folder(tmp_path)
     maps = tmp_path / "maps"
     save_map(maps, "a/x.jpg", box_map((30, 40), [(5, 5, 14, 14)]))
-    if bad is not None:
+    if isinstance(bad, bytes):
+        (maps / "b.jpg.npy").write_bytes(bad)
+    elif bad is not None:
         save_map(maps, "b.jpg", bad)
-    with pytest.raises(BenchError, match=match):
+    with pytest.raises(BenchError, match=match) as error:
         evaluate_wsol(meta, maps)
+    assert "pickle" not in str(error.value)
 
 
 def test_masks_round_trip_and_pxap(tmp_path):
@@ -397,8 +415,23 @@ def test_mask_metadata_errors(tmp_path):
         read_metadata(root)
     root = make_folder(tmp_path, localization=["a/x.jpg,m1.png,", "b.jpg,m3.png,"])
     meta = read_metadata(root)
-    with pytest.raises(BenchError, match=r"m1\.png: missing or not a readable image"):
+    with pytest.raises(BenchError, match=r"m1\.png: missing \(a mask named in localization\.txt\)"):
         read_masks(meta, "a/x.jpg", (40, 30))
+    (root / "m1.png").write_bytes(b"not an image")
+    with pytest.raises(BenchError, match=r"m1\.png: not a readable image"):
+        read_masks(meta, "a/x.jpg", (40, 30))
+
+
+def test_missing_mask_is_found_before_opencv_warns(tmp_path, capfd):
+    root = make_folder(tmp_path, localization=["a/x.jpg,m1.png,", "b.jpg,m3.png,"])
+    maps = tmp_path / "maps"
+    for image_id in ("a/x.jpg", "b.jpg"):
+        save_map(maps, image_id, np.zeros((30, 40)))
+    with pytest.raises(BenchError, match=r"mask 'm1\.png' of image 'a/x\.jpg' not found at "):
+        evaluate_wsol(root, maps)
+    with pytest.raises(BenchError, match=r"m1\.png: missing"):
+        read_masks(read_metadata(root), "a/x.jpg", (40, 30))
+    assert capfd.readouterr().err == ""  # OpenCV's "can't open/read file" warning never printed
 
 
 def test_evaluator_results_keys():

@@ -5,20 +5,22 @@ One folder per split, one line per image (or per box / mask), comma-separated, n
 
 - ``image_ids.txt``: ``path`` - the image id, e.g. ``val/a.jpg`` (its score map is ``<id>.npy``);
 - ``class_labels.txt``: ``path,class_index``;
-- ``image_sizes.txt``: ``path,width,height`` - needed when there are boxes (the reference's OpenImages
-  metadata, masks only, has none);
+- ``image_sizes.txt``: ``path,width,height`` - needed when there are boxes; a missing or empty file
+  means none (the reference's OpenImages metadata, masks only, ships an empty one);
 - ``localization.txt``: ``path,x0,y0,x1,y1``, one line per box, several lines for several boxes, in
   image pixels with inclusive corners (0 <= x0 <= x1 <= width - 1, likewise y); or, for masks,
   ``path,mask_png,ignore_png``, one line per instance mask; the ignore mask is given on the image's first
   line and left empty (or repeated) on the others.
 
-Choices beyond the reference: mask and ignore paths are relative to the metadata folder (or absolute);
-an empty ignore path means no ignore region; one ``localization.txt`` may hold both box lines and mask
-lines (told apart by their number of fields), and then every image needs both; blank lines are skipped
-and ``\\r\\n`` line ends accepted. Masks are read in grayscale, resized to the score map's grid with
-nearest-neighbour interpolation and thresholded at 0.5, as the reference does; the ignore region is the
-ignore mask minus the foreground. Every problem is a one-line ``BenchError`` naming the file, and the
-line where there is one.
+Mask and ignore paths are relative to a mask root (absolute paths stay as they are): by default the
+metadata folder (bench's convention, what ``save_scoremaps`` writes); the reference resolves them
+under its ``--mask_root`` (``dataset/OpenImages``), so pass that folder as ``mask_root`` to read its
+metadata unmodified. Choices beyond the reference: an empty ignore path means no ignore region; one
+``localization.txt`` may hold both box lines and mask lines (told apart by their number of fields),
+and then every image needs both; blank lines are skipped and ``\\r\\n`` line ends accepted. Masks are
+read in grayscale, resized to the score map's grid with nearest-neighbour interpolation and
+thresholded at 0.5, as the reference does; the ignore region is the ignore mask minus the foreground.
+Every problem is a one-line ``BenchError`` naming the file, and the line where there is one.
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ class MaskEntry:
 class WsolMetadata:
     """One split's annotations. ``boxes`` / ``masks`` are empty when the split has none."""
 
-    root: Path
+    root: Path  # where mask paths resolve: the mask root, by default the metadata folder
     image_ids: list[str]
     class_labels: dict[str, int]
     image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (width, height)
@@ -142,15 +144,16 @@ def read_labels(folder: str | Path) -> tuple[dict[str, int], dict[str, int]]:
     return ids, labels
 
 
-def read_metadata(folder: str | Path) -> WsolMetadata:
-    """Read and validate a metadata folder."""
+def read_metadata(folder: str | Path, mask_root: Optional[str | Path] = None) -> WsolMetadata:
+    """Read and validate a metadata folder; its mask paths resolve under ``mask_root`` (default:
+    the folder itself)."""
     root = Path(folder)
     if not root.is_dir():
         raise BenchError(f"{root}: not a directory; expected a WSOL metadata folder")
     ids, labels = read_labels(root)
     sizes_path = root / IMAGE_SIZES
     sizes: dict[str, tuple[int, int]] = {}
-    if sizes_path.is_file():
+    if sizes_path.is_file() and next(_lines(sizes_path), None) is not None:  # empty: absent
         for image_id, (w, h) in _read_per_image(sizes_path, ids, "width,height", 2).items():
             if w <= 0 or h <= 0:
                 raise BenchError(f"{sizes_path}: image {image_id!r} has a non-positive size {w}x{h}")
@@ -163,7 +166,8 @@ def read_metadata(folder: str | Path) -> WsolMetadata:
         if len(fields) == 5:
             _known_id(image_id, ids, path, number)
             if image_id not in sizes:
-                raise BenchError(f"{sizes_path}: missing; boxes ({path}:{number}) need image sizes")
+                raise BenchError(f"{sizes_path}: missing or empty; boxes ({path}:{number}) need image "
+                                 f"sizes")
             box = tuple(_int(t, path, number, n) for t, n in zip(fields[1:], ("x0", "y0", "x1", "y1")))
             check_box(box, sizes[image_id], f"{path}:{number}")
             boxes.setdefault(image_id, []).append(box)
@@ -190,15 +194,29 @@ def read_metadata(folder: str | Path) -> WsolMetadata:
     if masks:
         _require_all(masks, ids, path, "mask")
     order = list(ids)
-    return WsolMetadata(root, order, {i: labels[i] for i in order}, {i: sizes[i] for i in sizes},
+    return WsolMetadata(root if mask_root is None else Path(mask_root), order,
+                        {i: labels[i] for i in order}, {i: sizes[i] for i in sizes},
                         {i: np.array(b, dtype=np.int64) for i, b in boxes.items()}, masks)
+
+
+def check_mask_files(meta: WsolMetadata, listed_in: Path) -> None:
+    """A BenchError naming the first mask or ignore mask of ``meta`` that is not a file under its
+    mask root (checked before any map is scored)."""
+    for image_id, entry in meta.masks.items():
+        for path in entry.masks + ((entry.ignore,) if entry.ignore else ()):
+            if not meta.resolve(path).is_file():
+                raise BenchError(f"{listed_in}: mask {path!r} of image {image_id!r} not found at "
+                                 f"{meta.resolve(path)} (mask paths resolve under the mask root "
+                                 f"{meta.root})")
 
 
 def _read_png(path: Path, size: tuple[int, int]) -> np.ndarray:
     """A grayscale PNG resized to ``size`` = (width, height) by nearest neighbour, thresholded at 0.5."""
+    if not path.is_file():  # before OpenCV, which warns on stderr about a missing file
+        raise BenchError(f"{path}: missing (a mask named in {LOCALIZATION})")
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if image is None:
-        raise BenchError(f"{path}: missing or not a readable image (a mask named in {LOCALIZATION})")
+        raise BenchError(f"{path}: not a readable image (a mask named in {LOCALIZATION})")
     resized = cv2.resize(image.astype(np.float32), tuple(size), interpolation=cv2.INTER_NEAREST)
     return resized > 0.5
 

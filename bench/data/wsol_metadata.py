@@ -15,8 +15,9 @@ read from their PNGs when asked for, ``split.masks[i]`` an (input_size, input_si
 grid of ``image_size(i)``, resized by nearest neighbour and thresholded as the reference does), so a
 large split's masks are never all in memory. Mask paths are relative to ``mask_root`` (default: the
 metadata folder, bench's convention); clovaai/wsolevaluation's OpenImages metadata names them relative
-to its image folder, so set ``mask_root`` to the image root there. Ignore masks (``split.ignore_masks``)
-leave their pixels out of PxAP, as the reference does. Image and mask files are checked at load.
+to its mask root (its image folder), so set ``mask_root`` to that folder there; its empty
+image_sizes.txt counts as absent (masks need no sizes). Ignore masks (``split.ignore_masks``) leave
+their pixels out of PxAP, as the reference does. Image and mask files are checked at load.
 
 Training transforms as cub200 (``train_crop=resize-crop``, the reference's recipe, by default);
 normalisation with the ImageNet mean and std.
@@ -34,8 +35,8 @@ import torch
 
 from bench.data.base import IMAGENET_MEAN, IMAGENET_STD, DataBundle, parse_options
 from bench.data.folder import FolderSplit, ImageOptions
-from bench.data.metadata import (IMAGE_IDS, LOCALIZATION, WsolMetadata, read_labels, read_masks,
-                                 read_metadata)
+from bench.data.metadata import (IMAGE_IDS, LOCALIZATION, WsolMetadata, check_mask_files,
+                                 read_labels, read_masks, read_metadata)
 from bench.data.paths import data_dir, describe_root
 from bench.errors import BenchError
 from bench.registry import DATASETS
@@ -99,14 +100,8 @@ def read_split(folder: Path, annotations: bool, mask_root: Optional[Path] = None
     """A metadata folder: with ``annotations`` and a localization.txt, read and validated in full (mask
     paths then resolve under ``mask_root``, default the folder, and must exist); else ids and labels."""
     if annotations and (folder / LOCALIZATION).is_file():
-        meta = read_metadata(folder)
-        if mask_root is not None:
-            meta = dataclasses.replace(meta, root=mask_root)
-        for image_id, entry in meta.masks.items():
-            for path in entry.masks + ((entry.ignore,) if entry.ignore else ()):
-                if not meta.resolve(path).is_file():
-                    raise BenchError(f"{folder / LOCALIZATION}: mask {path!r} of image {image_id!r} not "
-                                     f"found at {meta.resolve(path)}")
+        meta = read_metadata(folder, mask_root)
+        check_mask_files(meta, folder / LOCALIZATION)
         return meta
     ids, labels = read_labels(folder)
     return WsolMetadata(folder, list(ids), {i: labels[i] for i in ids})

@@ -13,6 +13,7 @@ at that moment, and the median discards pairs a load spike hit on one side only.
 """
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from dataclasses import dataclass
@@ -69,9 +70,18 @@ def train_step_call(model: MethodNet, batch: Batch, amp: str = "none") -> Callab
     return step
 
 
+def _not_cuda_home_notice(record: logging.LogRecord) -> bool:
+    """False for torch.utils.cpp_extension's import-time "No CUDA runtime is found" warning, noise
+    on a CPU-only machine with a CUDA toolkit (nothing here compiles an extension)."""
+    return not record.getMessage().startswith("No CUDA runtime is found")
+
+
 def _timer(fn: Callable[[], Any], threads: int) -> Any:
-    # Imported here: torch.utils.benchmark loads torch.utils.cpp_extension, which logs a warning
-    # at import on machines with a CUDA toolkit but no CUDA runtime; only timing needs it.
+    # torch.utils.benchmark imports torch.utils.cpp_extension, which logs that warning at import:
+    # exactly that message is dropped (the filter is added once), every other one passes.
+    extension_log = logging.getLogger("torch.utils.cpp_extension")
+    if _not_cuda_home_notice not in extension_log.filters:
+        extension_log.addFilter(_not_cuda_home_notice)
     from torch.utils import benchmark
 
     return benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)

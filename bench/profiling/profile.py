@@ -20,6 +20,7 @@ half the image (the mean pasted fraction under CutMix's Beta(1, 1)).
 from __future__ import annotations
 
 import math
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
@@ -36,7 +37,7 @@ from bench.profiling.flops import count_dispatched, count_traced
 from bench.profiling.latency import inference_call, time_call, time_interleaved, train_step_call
 from bench.profiling.memory import (count_params, memory_access_bytes, peak_cuda_bytes,
                                     saved_activation_bytes)
-from bench.registry import METHODS, Spec, parse_spec
+from bench.registry import BACKBONES, METHODS, Spec, parse_spec
 
 BASELINE = "gap-fc"
 MB = 1e6  # bytes
@@ -178,9 +179,29 @@ class Settings:
                      move(batch.x_a))
 
 
+def min_input_size(backbone: Spec, in_channels: int) -> int:
+    """The backbone's total downsampling factor: the smallest input side whose last stage is
+    computed from the image rather than from padding alone (32 for the ImageNet ResNets, 4 for
+    the CIFAR ones); from one forward pass on the meta device (no memory, no compute)."""
+    probe = 1024  # a multiple of any power-of-two downsampling up to 1024
+    with torch.device("meta"):
+        net = BACKBONES.get(backbone.name).obj(in_channels=in_channels, **backbone.kwargs)
+        last = net(torch.empty(1, in_channels, probe, probe))[-1]
+    return probe // last.shape[-1]
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocator's failure (CUDA's OutOfMemoryError, the CPU allocator's
+    "can't allocate memory")."""
+    text = str(error)
+    return (isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in text
+            or "out of memory" in text.lower())
+
+
 @contextmanager
-def _trainable(method: Spec, batch_size: int) -> Iterator[None]:
-    """Turn batch norm's refusal of a one-image training batch into a user-facing error."""
+def _user_errors(method: Spec, batch_size: int, input_size: int) -> Iterator[None]:
+    """Turn batch norm's refusal of a one-image training batch, and running out of memory, into
+    one-line user-facing errors naming the batch or input size."""
     try:
         yield
     except ValueError as error:
@@ -188,6 +209,14 @@ def _trainable(method: Spec, batch_size: int) -> Iterator[None]:
             raise BenchError(f"method {str(method)!r} cannot take a training step on one image "
                              f"({error}); use a batch size of 2 or more", "batch_size") from None
         raise
+    except RuntimeError as error:
+        if not _out_of_memory(error):
+            raise
+        tried = re.search(r"[Tt]ried to allocate (\d+(?:\.\d+)? ?[A-Za-z]+)", str(error))
+        need = f" (an allocation of {tried.group(1)} failed)" if tried else ""
+        raise BenchError(f"input_size {input_size}: method {str(method)!r} ran out of memory "
+                         f"measuring {input_size}x{input_size} images{need}; use a smaller input "
+                         f"size, or a smaller batch size", "input_size") from None
 
 
 def profile_methods(methods: list[Spec], backbone: Spec, input_size: int, num_classes: int,
@@ -205,6 +234,10 @@ def profile_methods(methods: list[Spec], backbone: Spec, input_size: int, num_cl
     if train_step and train_pairs < 2:
         raise BenchError(f"train_pairs must be at least 2 (an IQR needs two), got {train_pairs}",
                          "train_pairs")
+    smallest = min_input_size(backbone, in_channels)
+    if input_size < smallest:
+        raise BenchError(f"input_size {input_size} is too small for backbone {backbone}, which "
+                         f"downsamples by {smallest}: use {smallest} or more", "input_size")
     work = Workload(backbone, in_channels, input_size, num_classes, cutmix, seed)
     baseline_spec = parse_spec(METHODS, BASELINE)
     baseline_params = count_params(work.build(baseline_spec, "meta").deploy())
@@ -215,8 +248,8 @@ def profile_methods(methods: list[Spec], backbone: Spec, input_size: int, num_cl
         row = {"method": str(method), "backbone": str(backbone), "input_size": input_size,
                "num_classes": num_classes, "in_channels": in_channels, "cutmix": cutmix,
                **settings.record()}
-        row.update(counted_figures(model, work, baseline_params))
-        with _trainable(method, batch_size):
+        with _user_errors(method, batch_size, input_size):
+            row.update(counted_figures(model, work, baseline_params))
             row.update(_memory_figures(model, work, settings))
             if latency:
                 row.update(_latency_figures(model, work, settings, min_run_time))

@@ -14,6 +14,7 @@ from bench.report.conclusions import verdict_summary
 from bench.report.document import Block, Document, Figure, Image, Paragraph, Section, Table
 from bench.report.environment import environment_blocks
 from bench.report.figures import STYLE, Plotter, group_figures
+from bench.report.headline import headline_section
 from bench.report.html import MIME, render_html
 from bench.report.maps import maps_blocks
 from bench.report.markdown import render_markdown
@@ -131,7 +132,9 @@ def group_section(group: Group, data: ReportData, plot: Plotter, interval: str) 
 def build_document(data: ReportData, interval: str = "bootstrap") -> Document:
     """The whole report for the store's contents; every table and figure that the data allow."""
     plot = Plotter(data.out_dir / "figures", data.palette)
-    sections = [summary_section(data, interval)]
+    headline = headline_section(data.groups)
+    sections = [headline] if headline else []
+    sections.append(summary_section(data, interval))
     sections += [group_section(g, data, plot, interval) for g in data.groups]
     with sns.axes_style("whitegrid"), mpl.rc_context(STYLE):
         tuning = tuning_section(data.trials, plot)

@@ -156,6 +156,9 @@ def load_baseline(path: Path) -> Baseline:
     except OSError as e:
         raise BenchError(f"cannot read baseline {path} ({e.strerror or e}); "
                          "write one with `bench check --update`") from None
+    except UnicodeDecodeError as e:
+        raise BenchError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); a baseline is "
+                         "UTF-8 JSON, as `bench check --update` writes it") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -326,6 +329,10 @@ def update_baseline(out_dir: Path, baseline_path: Path) -> tuple[int, list[str]]
     body = ",\n".join("    " + json.dumps(r) for r in records)
     text = (f'{{\n  "default_tolerance": {json.dumps(old.default_tolerance)},\n'
             f'  "records": [\n{body}\n  ]\n}}\n')
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise BenchError(f"cannot write baseline {path} ({e.strerror or e}: "
+                         f"{e.filename or path})") from None
     return len(records), sorted(left_out)

@@ -1,6 +1,8 @@
 """The report as ONE self-contained HTML file: inline CSS, figures embedded as data URIs, no external
 reference (a Content-Security-Policy forbids any), and a tiny inline self-check that records on
-<body> how many images loaded and any script or console error (read by the browser test)."""
+<body> how many images loaded, any script or console error, and which tables scroll sideways or are
+cut off by the page (read by the browser test). Headers wrap, so most tables fit the page; a wider
+one scrolls inside its own box, never past the page's edge."""
 from __future__ import annotations
 
 import base64
@@ -23,10 +25,12 @@ h1 { margin: 24px 0 4px; } h2 { margin-top: 40px; border-bottom: 2px solid #ddd;
 h3 { margin: 24px 0 8px; font-size: 15px; }
 .subtitle { color: #555; margin: 0 0 16px; }
 nav ul { columns: 2; padding-left: 18px; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; margin: 4px 0; }
 th, td { border-bottom: 1px solid #e3e3e3; padding: 4px 10px; text-align: right; white-space: nowrap; }
-th { background: #f4f4f6; font-weight: 600; vertical-align: bottom; }
+th { background: #f4f4f6; font-weight: 600; vertical-align: bottom; white-space: normal;
+     min-width: 4.5em; }
+#headline table { font-size: 12.5px; } #headline th, #headline td { padding: 4px 6px; }
 th:first-child, td:first-child { text-align: left; }
 tbody tr:nth-child(even) { background: #fafafa; }
 td.text { text-align: left; white-space: normal; }
@@ -64,13 +68,28 @@ SELF_CHECK = """
       if (images[i].complete && images[i].naturalWidth > 0) { loaded++; } else { failed.push(images[i].alt); }
     }
     if (failed.length) { note("images not loaded: " + failed.join(", ")); }
+    // A table is in a scrolling box (its columns reachable by that box's own scroll) whose right
+    // edge is inside the page; a table, or box, past the page's right edge is cut off: an error.
+    var tables = document.querySelectorAll("table"), page = document.documentElement.clientWidth;
+    var scrolling = [];
+    for (var t = 0; t < tables.length; t++) {
+      var box = tables[t].parentElement, title = box.previousElementSibling;
+      var name = title ? title.textContent : "table " + (t + 1);
+      var scrolls = /auto|scroll/.test(getComputedStyle(box).overflowX);
+      var edge = (scrolls ? box : tables[t]).getBoundingClientRect().right;
+      if (edge > page + 0.5) { note("table cut off by the page: " + name); }
+      else if (scrolls && box.scrollWidth > box.clientWidth) { scrolling.push(name); }
+    }
     var body = document.body;
     body.setAttribute("data-images", images.length);
     body.setAttribute("data-images-loaded", loaded);
+    body.setAttribute("data-tables", tables.length);
+    body.setAttribute("data-tables-scrolling", scrolling.join("|"));
     body.setAttribute("data-errors", errors.length);
     document.getElementById("self-check-errors").textContent = errors.join("\\n");
     document.getElementById("self-check").textContent =
-      "Self-check: " + loaded + " of " + images.length + " images loaded, " + errors.length + " errors.";
+      "Self-check: " + loaded + " of " + images.length + " images loaded, " + tables.length +
+      " tables (" + scrolling.length + " scroll sideways), " + errors.length + " errors.";
     body.setAttribute("data-checked", "done");
   });
 })();

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from bench.metrics import METRICS, MetricInfo, decimals
+from bench.registry import TASKS
 from bench.report.collect import BASELINE, Group
 from bench.report.conclusions import MetricResult, analyse, difference_text
 from bench.report.document import Table
@@ -120,12 +121,17 @@ def settings_notes(records: pd.DataFrame, methods: list[str],
     return [f"{', '.join(names)}: {text}" for text, names in by_text.items()]
 
 
+def measured_once(info: MetricInfo) -> bool:
+    """Whether a metric comes from a task measured once per method (cost: no seed variance,
+    shown as a plain value)."""
+    return info.task in TASKS and not TASKS.get(info.task).obj.per_seed
+
+
 def metric_table(group: Group, title: str, columns: list[MetricInfo], notes: list[str],
-                 compared: tuple[str, ...] = (), interval: str = "bootstrap",
-                 single: bool = False) -> Table | None:
+                 compared: tuple[str, ...] = (), interval: str = "bootstrap") -> Table | None:
     """A method x metric table (mean with its interval over seeds; for ``compared`` metrics also
-    the paired difference to the baseline, the Holm-corrected p and the verdict); None when no
-    column has data. ``single``: metrics measured once per method, shown as plain values."""
+    the paired difference to the baseline, the Holm-corrected p and the verdict; metrics
+    measured once per method as plain values); None when no column has data."""
     expanded = _expand(group.records, columns)
     if not expanded:
         return None
@@ -139,7 +145,7 @@ def metric_table(group: Group, title: str, columns: list[MetricInfo], notes: lis
             unit = "pp" if info.unit == "%" else info.unit
             headers += [f"Δ {info.label} ({unit}) [{CONFIDENCE:.0%} CI]", f"p (Holm, {info.label})",
                         f"verdict ({info.label})"]
-        if single:
+        if measured_once(info):
             cells = [[MISSING if m not in result.estimates
                       else fmt(result.estimates[m].mean, info.unit, digits)] for m in group.methods]
         else:
@@ -181,7 +187,7 @@ def compute_table(group: Group) -> Table | None:
     return metric_table(group, "Size, compute and memory", METRICS.in_table("compute"),
                         [f"GMAC = 10^9 multiply-adds; added params relative to {BASELINE} on the "
                          "same backbone; cost depends on the architecture only and is measured "
-                         "once per method (with the first seed)."], single=True)
+                         "once per method (with the first seed)."])
 
 
 def time_table(group: Group, interval: str = "bootstrap") -> Table | None:

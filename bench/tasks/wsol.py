@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from bench.data.base import Split
-from bench.data.metadata import (MaskEntry, WsolMetadata, check_box, read_masks, read_metadata,
-                                  write_metadata)
+from bench.data.metadata import (LOCALIZATION, MaskEntry, WsolMetadata, check_box,
+                                  check_mask_files, read_masks, read_metadata, write_metadata)
 from bench.errors import BenchError
 from bench.registry import TASKS
 from bench.tasks.base import Metric, RunContext, Task, TaskResult
@@ -66,8 +66,12 @@ def load_scoremap(path: Path) -> np.ndarray:
         raise BenchError(f"{path}: score map missing; expected one <image_id>.npy per line of image_ids.txt")
     try:
         scoremap = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise BenchError(f"{path}: not a readable .npy array ({err})") from None
+    except (OSError, ValueError, EOFError):  # numpy calls any non-.npy file "pickled data"
+        with open(path, "rb") as f:
+            npy = f.read(6) == b"\x93NUMPY"
+        what = "a damaged .npy file, or one of Python objects" if npy else "not a .npy file"
+        raise BenchError(f"{path}: not a numeric score map ({what}); save each map as a 2-D "
+                         f"float array with numpy.save") from None
     if not np.issubdtype(scoremap.dtype, np.floating):
         raise BenchError(f"{path}: score map must hold floating-point scores, got dtype {scoremap.dtype}")
     if scoremap.ndim != 2 or scoremap.size == 0:
@@ -82,8 +86,11 @@ def load_scoremap(path: Path) -> np.ndarray:
 
 
 def evaluate_wsol(metadata_dir: str | Path, scoremap_dir: str | Path, cam_curve_interval: float = 0.01,
-                  multi_contour: bool = True, iou_thresholds: Sequence[int] = V2_IOU_THRESHOLDS) -> dict:
-    """Evaluate saved score maps ``<scoremap_dir>/<image_id>.npy`` against a metadata folder.
+                  multi_contour: bool = True, iou_thresholds: Sequence[int] = V2_IOU_THRESHOLDS,
+                  mask_root: Optional[str | Path] = None) -> dict:
+    """Evaluate saved score maps ``<scoremap_dir>/<image_id>.npy`` against a metadata folder whose
+    mask paths resolve under ``mask_root`` (default: the metadata folder; the reference's
+    ``--mask_root`` for its own metadata).
 
     Each map is scored on its own grid (boxes and masks are scaled to it, as the reference scales them
     to its 224 x 224 maps). Returns ``maxboxacc`` per IoU threshold (under the box rule:
@@ -95,7 +102,10 @@ def evaluate_wsol(metadata_dir: str | Path, scoremap_dir: str | Path, cam_curve_
     if not iou_thresholds or any(not 0 < t <= 100 for t in iou_thresholds):
         raise BenchError(f"iou_thresholds are percentages in (0, 100], got {list(iou_thresholds)}",
                          "iou_thresholds")
-    meta = read_metadata(metadata_dir)
+    if mask_root is not None and not Path(mask_root).is_dir():
+        raise BenchError(f"mask_root {mask_root}: not a directory", "mask_root")
+    meta = read_metadata(metadata_dir, mask_root)
+    check_mask_files(meta, Path(metadata_dir) / LOCALIZATION)
     root = Path(scoremap_dir)
     if not root.is_dir():
         raise BenchError(f"{root}: not a directory of score maps")
@@ -106,7 +116,9 @@ def evaluate_wsol(metadata_dir: str | Path, scoremap_dir: str | Path, cam_curve_
         boxes = scale_boxes(meta.boxes[image_id], meta.image_sizes[image_id], size) if meta.boxes else None
         foreground, ignore = read_masks(meta, image_id, size) if meta.masks else (None, None)
         evaluator.add(scoremap, boxes, foreground, ignore)
-    return {**evaluator.results(), "metadata": str(metadata_dir), "scoremaps": str(scoremap_dir)}
+    where = {"mask_root": str(meta.root)} if meta.masks else {}
+    return {**evaluator.results(), "metadata": str(metadata_dir), "scoremaps": str(scoremap_dir),
+            **where}
 
 
 @dataclass
