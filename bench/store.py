@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS runs (
     config_hash TEXT NOT NULL UNIQUE,
     method TEXT NOT NULL,          -- canonical spec, e.g. se[r=8]
     method_name TEXT NOT NULL,     -- registered name, e.g. se
-    options TEXT NOT NULL,         -- JSON: every option value of the method
+    options TEXT NOT NULL,         -- JSON: every option value of the method (auto ones resolved)
     backbone TEXT NOT NULL,
     dataset TEXT NOT NULL,
     seed INTEGER NOT NULL,
@@ -216,12 +216,14 @@ class Store:
     # -- reading ------------------------------------------------------------------------------
     def records(self) -> list[dict[str, Any]]:
         """Every stored metric as a flat record (method, dataset, backbone, seed, task, metric,
-        value, unit, ...), in run order."""
+        value, unit, ..., and the run's resolved ``method_options``), in run order."""
         rows = self.db.execute(
             "SELECT r.id AS run_id, r.method, r.method_name, r.dataset, r.backbone, r.seed, r.preset, "
-            "r.status AS run_status, m.task, m.name AS metric, m.value, m.unit, m.extra "
+            "r.status AS run_status, r.options AS method_options, m.task, m.name AS metric, "
+            "m.value, m.unit, m.extra "
             "FROM metrics m JOIN runs r ON r.id = m.run_id ORDER BY r.id, m.id").fetchall()
-        return [dict(row, extra=json.loads(row["extra"] or "{}")) for row in rows]
+        return [dict(row, extra=json.loads(row["extra"] or "{}"),
+                     method_options=json.loads(row["method_options"] or "{}")) for row in rows]
 
     def runs(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db.execute("SELECT * FROM runs ORDER BY id").fetchall()]

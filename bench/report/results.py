@@ -23,7 +23,7 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 
 def to_json(records: list[dict[str, Any]]) -> str:
-    keep = RECORD_FIELDS + ["preset", "run_id", "run_status", "extra"]
+    keep = RECORD_FIELDS + ["method_options", "preset", "run_id", "run_status", "extra"]
     return json.dumps([{k: r[k] for k in keep if k in r} for r in records], indent=2, default=str)
 
 
