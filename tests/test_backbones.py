@@ -101,6 +101,19 @@ def test_abn_cifar_resnet_counts(depth):
         assert n_params(model) == abn_resnet_params(depth, classes)
 
 
+@pytest.mark.parametrize("depth", [44, 56, 110])
+def test_abn_bottleneck_resnet_closed_form(depth):
+    """Per stage of n bottlenecks at planes p from c_in channels: n (17 p^2 + 12 p) weights and BN
+    parameters, the first block's 1x1 from c_in instead of 4p (+ c_in p - 4 p^2) and its
+    projection (4 c_in p + 8 p); stem 3*16*9 + 32; FC 256 K + K."""
+    n, classes = (depth - 2) // 6, 10
+    stages = sum(n * (17 * p * p + 12 * p) - 4 * p * p + 5 * c_in * p + 8 * p
+                 for p, c_in in ((16, 16), (32, 64), (64, 128)))
+    expected = 432 + 32 + stages + 256 * classes + classes
+    assert expected == abn_resnet_params(depth, classes)
+    assert n_params(bench.build_model("gap-fc", f"resnet{depth}-abn", classes)) == expected
+
+
 def test_abn_resnet110_is_the_authors_bottleneck_network():
     """18 bottlenecks per stage (164 weighted layers: stem, 3 x 18 x 3 convs, FC), outputs
     64/128/256, a projection in the first block of every stage (stage 1's widens 16 -> 64)."""
