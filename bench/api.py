@@ -6,6 +6,8 @@ matching flag instead).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -15,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 import torch
 
 from bench.errors import BenchError
-from bench.methods.base import MethodNet
+from bench.methods.base import BuildContext, MethodNet
 from bench.plugins import load_all
-from bench.registry import (BACKBONES, DATASETS, METHODS, TASKS, Registry, Spec, format_value,
-                            parse_spec, split_specs)
+from bench.registry import (BACKBONES, DATASETS, METHODS, TASKS, Auto, Registry, Spec,
+                            format_value, parse_spec, split_specs)
 
 if TYPE_CHECKING:
     from bench.report import ReportFiles
@@ -74,8 +76,44 @@ def as_specs(registry: Registry, values: Optional[SpecLike | Iterable[SpecLike]]
     return specs
 
 
-def build_from_specs(method: Spec, backbone: Spec, num_classes: int, in_channels: int = 3) -> MethodNet:
-    """Build ``method`` on ``backbone`` (both parsed specs) for ``num_classes`` classes."""
+@functools.lru_cache(maxsize=64)
+def _stage_shapes(backbone: Spec, in_channels: int,
+                  input_size: Optional[int]) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """(input size, stage widths, stage output sides) of ``backbone``, from a shape-only pass on
+    the meta device; without ``input_size`` the backbone's own (``Backbone.input_size``)."""
+    with torch.device("meta"):
+        net = BACKBONES.get(backbone.name).obj(in_channels=in_channels, **backbone.kwargs).eval()
+        size = input_size or net.input_size
+        outputs = net(torch.empty(1, in_channels, size, size))
+    return size, tuple(net.stage_channels), tuple(int(o.shape[-1]) for o in outputs)
+
+
+def method_context(backbone: Spec, num_classes: int, in_channels: int = 3,
+                   input_size: Optional[int] = None, dataset: Optional[str] = None) -> BuildContext:
+    """The context a method's ``auto`` options are resolved in (see ``resolve_method``)."""
+    size, channels, sides = _stage_shapes(backbone, in_channels, input_size)
+    return BuildContext(backbone, num_classes, in_channels, size, dataset, channels, sides)
+
+
+def resolve_method(method: Spec, context: BuildContext) -> Spec:
+    """``method`` with its ``auto`` options replaced by the values its rules give in ``context``
+    (the method's registered ``resolve``); its label (``str``) stays as the user wrote it."""
+    if not method.unresolved:
+        return method
+    resolved = METHODS.get(method.name).resolve(method.kwargs, context)
+    left = [k for k, v in resolved.items() if isinstance(v, Auto)]
+    if left:
+        raise ValueError(f"method {method.name!r}: resolve left {', '.join(left)} as auto")
+    return dataclasses.replace(method, options=tuple(sorted(resolved.items())))
+
+
+def build_from_specs(method: Spec, backbone: Spec, num_classes: int, in_channels: int = 3,
+                     input_size: Optional[int] = None, dataset: Optional[str] = None) -> MethodNet:
+    """Build ``method`` on ``backbone`` (both parsed specs) for ``num_classes`` classes, its
+    ``auto`` options resolved for ``input_size`` and ``dataset`` (see ``build_model``)."""
+    if method.unresolved:
+        method = resolve_method(method, method_context(backbone, num_classes, in_channels,
+                                                       input_size, dataset))
     make_backbone_entry = BACKBONES.get(backbone.name).obj
     backbone_kwargs = backbone.kwargs
 
@@ -86,17 +124,33 @@ def build_from_specs(method: Spec, backbone: Spec, num_classes: int, in_channels
 
 
 def build_model(method: SpecLike, backbone: SpecLike, num_classes: int, in_channels: int = 3,
+                input_size: Optional[int] = None, dataset: Optional[str] = None,
                 **options: Any) -> MethodNet:
     """A method's training network, e.g. ``build_model("se", "resnet50", 1000, r=8)``.
 
     ``method`` and ``backbone`` may carry variant options (``"se[r=8]"``); keyword ``options`` are
-    added to the method's. ``.deploy()`` on the result gives the inference network.
+    added to the method's. ``.deploy()`` on the result gives the inference network. Options that
+    default to ``auto`` follow the paper's setting for the data: ``input_size`` (default: the
+    backbone's own, 32 for CIFAR nets, 224 for ImageNet ResNets) and ``dataset`` (a registered
+    name; default None: no dataset-specific setting, e.g. ImageNet's SimAM lambda, applies).
     """
     load_all()
     if options:
         method = _with_options(str(method), options)
+    if dataset is not None:
+        dataset = as_spec(DATASETS, dataset, "dataset").name
+    if input_size is not None:
+        _check_positive(input_size=input_size)
     return build_from_specs(as_spec(METHODS, method, "method"),
-                            as_spec(BACKBONES, backbone, "backbone"), num_classes, in_channels)
+                            as_spec(BACKBONES, backbone, "backbone"), num_classes, in_channels,
+                            input_size, dataset)
+
+
+def _check_positive(**values: Any) -> None:
+    """A BenchError naming the first value that is not a positive integer."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BenchError(f"{name} must be a positive integer, got {value!r}", name)
 
 
 def list_methods() -> list[str]:
@@ -176,9 +230,7 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
     config = preset_entry.obj.replace(**recipe)
     method_specs = as_specs(METHODS, methods, "methods") if methods is not None else [
         parse_spec(METHODS, name) for name in METHODS.names()]
-    for name, value in (("jobs", jobs), ("threads", threads)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise BenchError(f"{name} must be a positive integer, got {value!r}", name)
+    _check_positive(jobs=jobs, **({} if threads is None else {"threads": threads}))
     if executor not in EXECUTORS:
         raise BenchError(f"executor {executor!r} is not an executor; valid: "
                          f"{', '.join(EXECUTORS)}", "executor")
@@ -316,21 +368,24 @@ def profile(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
             backbone: SpecLike = "resnet50", input_size: int = 224, num_classes: int = 1000,
             in_channels: int = 3, batch_size: int = 8, device: str | torch.device = "cpu",
             train_step: bool = False, threads: Optional[int] = None, channels_last: bool = False,
-            amp: str = "none", compile: bool = False, latency: bool = True) -> list[dict[str, Any]]:
+            amp: str = "none", compile: bool = False, latency: bool = True,
+            dataset: Optional[str] = None) -> list[dict[str, Any]]:
     """Cost figures of ``methods`` (default: all) on ``backbone``: one row per method with
-    parameters, GMACs (three conventions), memory traffic, saved activations, latency and, with
-    ``train_step``, the training-step time against gap-fc; what ``bench profile`` prints."""
+    parameters, GMACs (three conventions, and as the authors' code runs it where that differs),
+    memory traffic, saved activations, latency and, with ``train_step``, the training-step time
+    against gap-fc; what ``bench profile`` prints. ``dataset`` (a registered name) resolves the
+    methods' ``auto`` options as for a run on it (see ``build_model``)."""
     from bench.device import resolve_device
     from bench.profiling.profile import profile_methods
 
     load_all()
     specs = as_specs(METHODS, methods, "methods") if methods is not None else [
         parse_spec(METHODS, name) for name in METHODS.names()]
-    for name, value in (("input_size", input_size), ("num_classes", num_classes),
-                        ("in_channels", in_channels), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise BenchError(f"{name} must be a positive integer, got {value!r}", name)
+    _check_positive(input_size=input_size, num_classes=num_classes, in_channels=in_channels,
+                    batch_size=batch_size)
+    dataset_name = None if dataset is None else as_spec(DATASETS, dataset, "dataset").name
     return profile_methods(specs, as_spec(BACKBONES, backbone, "backbone"), input_size,
                            num_classes, in_channels, batch_size, resolve_device(device),
                            train_step, threads, channels_last=channels_last, amp=amp,
-                           compile_mode="default" if compile else None, latency=latency)
+                           compile_mode="default" if compile else None, latency=latency,
+                           dataset=dataset_name)

@@ -256,7 +256,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, device=args.device,
                          train_step=args.train_step, threads=args.threads,
                          channels_last=args.channels_last, amp=args.amp or "none",
-                         compile=args.compile)
+                         compile=args.compile, dataset=args.dataset)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
@@ -317,6 +317,9 @@ def build_parser() -> Parser:
     p.add_argument("--input-size", type=positive_int, default=224)
     p.add_argument("--num-classes", type=positive_int, default=1000)
     p.add_argument("--in-channels", type=positive_int, default=3)
+    p.add_argument("--dataset", default=None,
+                   help="resolve the methods' auto options as for a run on this dataset "
+                        "(e.g. imagenet: SimAM lambda 0.1, ECA's released kernel sizes)")
     p.add_argument("--batch-size", type=positive_int, default=8,
                    help="batch of the memory figures and the second latency (the first is batch 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")

@@ -143,6 +143,10 @@ _add("gmacs", "cost", "GMACs", "GMACs, fvcore default ops", table="compute", gat
 _add("gmacs_all", "cost", "GMACs", "GMACs, incl. element-wise ops", table="compute", gate=EXACT,
      headline=9, tool="fvcore FlopCountAnalysis + bench element-wise/reduction rules",
      network=_EVAL)
+_add("gmacs_reference", "cost", "GMACs", "GMACs as the authors' code runs it", table="compute",
+     gate=EXACT, tool="fvcore FlopCountAnalysis, default op set (jit trace)",
+     network="the authors' inference path (MethodNet.reference_network), eval; only methods "
+             "whose reference code computes more than the deployed network")
 _add("gmacs_train", "cost", "GMACs", "training GMACs", table="compute", gate=EXACT,
      tool="torch FlopCounterMode / 2 + bench element-wise/reduction rules",
      network="training network, train mode, one training_loss call (forward only)")

@@ -1,7 +1,9 @@
 """Everything selectable by name: methods, backbones, datasets, presets and tasks.
 
 Entries register themselves with a decorator (timm-style); a *spec* such as ``se[r=8]`` names an
-entry and overrides some of its declared options, like pip extras.
+entry and overrides some of its declared options, like pip extras. An option whose default is
+``Auto(...)`` reads ``auto`` until the entry's ``resolve`` function replaces it with a value derived
+from the run's input (dataset, input size, backbone), e.g. SSIA's predictor grid.
 """
 from __future__ import annotations
 
@@ -18,8 +20,25 @@ def normalize_name(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class Auto:
+    """An option default that the entry's ``resolve`` derives from the run's input. ``like`` is a
+    value of the option's type: what a user writes instead of ``auto`` is parsed as that type."""
+
+    like: Any
+
+    def __str__(self) -> str:
+        return "auto"
+
+
+# resolve(options, context) -> the options with every Auto value replaced (context: what the
+# entry's rules may depend on, e.g. bench.methods.base.BuildContext for methods)
+Resolver = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class Entry:
-    """One registered object with its description and declared options (name -> default)."""
+    """One registered object with its description, declared options (name -> default) and, when
+    some default is ``Auto``, the function that resolves those from the run's input."""
 
     name: str
     obj: Any
@@ -28,6 +47,7 @@ class Entry:
     aliases: tuple[str, ...] = ()
     order: int = 1000  # position in listings (ties keep registration order)
     search: dict[str, Any] = field(default_factory=dict)  # tuning space of a method's options
+    resolve: Optional[Resolver] = None
 
 
 class Registry:
@@ -40,18 +60,20 @@ class Registry:
 
     def register(self, name: str, description: str, aliases: tuple[str, ...] = (),
                  order: int = 1000, search: Optional[dict[str, Any]] = None,
-                 **defaults: Any) -> Callable[[Any], Any]:
+                 resolve: Optional[Resolver] = None, **defaults: Any) -> Callable[[Any], Any]:
         """Decorator registering ``obj`` under ``name``; keyword arguments declare its options;
         ``order`` places it in listings (and in the default suite); ``search`` declares the
-        tuning space of its options (bench/search.py)."""
+        tuning space of its options (bench/search.py); ``resolve`` replaces the ``Auto``
+        defaults from the run's input."""
         def wrap(obj: Any) -> Any:
             self.add(name, obj, description, aliases=aliases, order=order, search=search,
-                     **defaults)
+                     resolve=resolve, **defaults)
             return obj
         return wrap
 
     def add(self, name: str, obj: Any, description: str, aliases: tuple[str, ...] = (),
-            order: int = 1000, search: Optional[dict[str, Any]] = None, **defaults: Any) -> Entry:
+            order: int = 1000, search: Optional[dict[str, Any]] = None,
+            resolve: Optional[Resolver] = None, **defaults: Any) -> Entry:
         key = normalize_name(name)
         if key in self._entries:
             raise ValueError(f"{self.kind} {key!r} is registered twice")
@@ -59,8 +81,10 @@ class Registry:
         if unknown:
             raise ValueError(f"{self.kind} {key!r}: search space names {unknown}, which are not "
                              "its options")
+        if resolve is None and any(isinstance(v, Auto) for v in defaults.values()):
+            raise ValueError(f"{self.kind} {key!r} has auto options but no resolve function")
         entry = Entry(key, obj, description, dict(defaults), tuple(aliases), order,
-                      dict(search or {}))
+                      dict(search or {}), resolve)
         self._entries[key] = entry
         self._entries = dict(sorted(self._entries.items(), key=lambda item: item[1].order))
         for alias in aliases:
@@ -110,6 +134,11 @@ class Spec:
     def kwargs(self) -> dict[str, Any]:
         return dict(self.options)
 
+    @property
+    def unresolved(self) -> bool:
+        """Whether some option still reads ``auto`` (see ``Auto``)."""
+        return any(isinstance(v, Auto) for _, v in self.options)
+
     def __str__(self) -> str:
         """Canonical text: the name plus only the options that differ from the defaults, sorted."""
         if not self.overrides:
@@ -121,6 +150,8 @@ def format_value(value: Any) -> str:
     """An option value as a user types it: true/false, lists as a+b+c, None as none."""
     if value is None:
         return "none"
+    if isinstance(value, Auto):
+        return "auto"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
@@ -133,6 +164,10 @@ def coerce_option(kind: str, name: str, key: str, text: str, default: Any) -> An
     lists are written ``a+b+c``."""
     text = text.strip()
     where = f"option {key}={text!r} of {kind} {name!r}"
+    if isinstance(default, Auto):
+        if text.lower() == "auto":
+            return default
+        return coerce_option(kind, name, key, text, default.like)
     if isinstance(default, bool):
         low = text.lower()
         if low in ("1", "true", "yes", "on"):

@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS runs (
     config_hash TEXT NOT NULL UNIQUE,
     method TEXT NOT NULL,          -- canonical spec, e.g. se[r=8]
     method_name TEXT NOT NULL,     -- registered name, e.g. se
-    options TEXT NOT NULL,         -- JSON: every option value of the method
+    options TEXT NOT NULL,         -- JSON: every option value of the method (auto ones resolved)
     backbone TEXT NOT NULL,
     dataset TEXT NOT NULL,
     seed INTEGER NOT NULL,

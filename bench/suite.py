@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bench.api import build_from_specs
+from bench.api import build_from_specs, method_context, resolve_method
 from bench.checkpoints import atomic_save, atomic_write_bytes, checkpoint_path
 from bench.data.base import DataBundle
 from bench.distributed import Dist, barrier, broadcast, init_from_env, local_device
@@ -126,8 +126,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resolve_methods(cfg: SuiteConfig, data: DataBundle) -> SuiteConfig:
+    """``cfg`` with every method's ``auto`` options resolved for the loaded data (its input size
+    and classes) and dataset; the methods' labels stay as written."""
+    context = method_context(cfg.backbone, data.num_classes, data.in_channels, data.input_size,
+                             cfg.dataset.name)
+    return dataclasses.replace(cfg, methods=[resolve_method(m, context) for m in cfg.methods])
+
+
 def run_config(cfg: SuiteConfig, method: Spec, seed: int) -> dict[str, Any]:
-    """The configuration that identifies a run (its hash decides what a rerun skips)."""
+    """The configuration that identifies a run (its hash decides what a rerun skips); the
+    method's options as resolved for the run (``resolve_methods``)."""
     return {"method": method.name, "method_options": dict(method.options),
             "backbone": str(cfg.backbone), "backbone_options": dict(cfg.backbone.options),
             "dataset": cfg.dataset.name, "dataset_options": dict(cfg.dataset.options),
@@ -281,6 +290,7 @@ def run_suite(cfg: SuiteConfig) -> list[RunOutcome]:
     store = Store(cfg.store_path) if dist is None or dist.is_main else None
     torch.set_num_threads(cfg.threads)
     data = prepare_data(cfg)
+    cfg = resolve_methods(cfg, data)
     outcomes = []
     jobs = [(m, s) for m in cfg.methods for s in range(cfg.recipe.seeds)]
     outer = tqdm(jobs, desc="suite", unit="run", disable=not cfg.progress, dynamic_ncols=True)
@@ -409,7 +419,8 @@ def run_remote(cfg: SuiteConfig, executor: Executor) -> list[RunOutcome]:
     (each task in its own transaction). Ctrl-C cancels what is outstanding."""
     store = Store(cfg.store_path)
     try:
-        load_dataset(cfg.dataset, cfg.data_root, cfg.download)  # fill the cache once, fail early
+        # fill the cache once, fail early, and resolve the methods for the data's shape
+        cfg = resolve_methods(cfg, load_dataset(cfg.dataset, cfg.data_root, cfg.download))
         plans, outcomes = plan_all(cfg, store)
         shared = executor.share(dataclasses.replace(cfg, ray=None))
         handles = {}

@@ -164,7 +164,8 @@ def remote_trial(cfg: Any, plan: TrialPlan) -> TrialResult:
         raise BenchError(f"tuning needs a holdout split; {data.name} has none", "dataset")
     start = time.perf_counter()
     seed_everything(TRIAL_SEED)
-    model = build_from_specs(plan.method, cfg.backbone, data.num_classes, data.in_channels)
+    model = build_from_specs(plan.method, cfg.backbone, data.num_classes, data.in_channels,
+                             data.input_size, cfg.dataset.name)
     tuned = dataclasses.replace(cfg, recipe=plan.recipe)
     curve: list[float] = []
     trial = _pruner_trial(plan) if plan.prune else None
@@ -337,9 +338,12 @@ def tune(tcfg: TuneConfig) -> tuple[list[TuneOutcome], list[Any], float]:
     suite's seeds and evaluate it once on the test split (ordinary runs, marked tuned). Returns
     the studies, the retrained runs' outcomes and the search's wall time."""
     from bench.store import Store
-    from bench.suite import OWNER, make_executor, run_suite
+    from bench.suite import OWNER, load_dataset, make_executor, resolve_methods, run_suite
 
     tcfg.validate()
+    suite = tcfg.suite  # methods' auto options resolved for the data: they identify the studies
+    tcfg = dataclasses.replace(tcfg, suite=resolve_methods(
+        suite, load_dataset(suite.dataset, suite.data_root, suite.download)))
     store = Store(tcfg.suite.store_path)
     start = time.perf_counter()
     try:

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import bench
 from bench.api import build_model
 from bench.errors import BenchError
 from bench.methods.abn import build, stride_one_copy
@@ -45,7 +46,8 @@ def test_m_is_14x14_for_resnet50_on_224():
     assert maps.shape == (1, 14, 14)
 
 
-@pytest.mark.parametrize("backbone", ["resnet20", "resnet20[shortcut=B]", "resnet18"])
+@pytest.mark.parametrize("backbone", ["resnet20", "resnet20[shortcut=B]", "resnet44-abn",
+                                      "resnet18"])
 def test_attention_branch_is_a_stride_one_copy_of_the_last_stage(backbone):
     model = make(backbone=backbone)
     last = model.backbone.stages[-1]
@@ -125,3 +127,20 @@ def test_localization_maps_have_the_documented_shape_and_kind():
     assert m_maps.min() >= 0 and m_maps.max() <= 1
     with pytest.raises(BenchError):
         make("abn[map=cam]")
+
+
+def test_reference_cost_adds_the_class_conv_the_authors_run_every_time():
+    """gmacs_reference (the authors' forward) = deployed GMACs + the K -> K conv at 16x16."""
+    rows = bench.profile(["gap-fc", "abn"], backbone="resnet20", input_size=32, num_classes=K,
+                         batch_size=2, latency=False)
+    gap, abn = rows
+    assert "gmacs_reference" not in gap
+    assert abn["gmacs_reference"] * 1e9 == pytest.approx(abn["gmacs"] * 1e9 + K * K * 16 * 16)
+    model = make().eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits, attention_logits = model.reference_network()(x)
+        torch.testing.assert_close(logits, model(x))
+        g = model.split_features(x)
+        features, _ = model.attention(g)
+        torch.testing.assert_close(attention_logits, model.attention.class_maps(features).mean((2, 3)))

@@ -5,14 +5,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.api import build_model
+from bench.api import build_model, method_context, resolve_method
 from bench.errors import BenchError
 from bench.methods.base import BaselineDeploy, Batch
 from bench.methods.saol import SaolClassifier, resize, spatial_kl
+from bench.registry import BACKBONES, METHODS, parse_spec
 
 K = 10
 CIFAR = [16, 32, 64]  # resnet8 stage widths
 IMAGENET_BASIC = [64, 128, 256, 512]  # resnet18 stage widths
+IMAGENET_BOTTLENECK = [256, 512, 1024, 2048]  # resnet50/101 stage widths
+COMPACT_CIFAR = 64 // 8  # layout=compact: C_L / 8 intermediate logits and hidden units
 
 
 def params(module: torch.nn.Module) -> int:
@@ -36,17 +39,20 @@ def cutmix_batch(seed: int = 1, size: int = 32) -> Batch:
                  lam=mask[0].mean().item(), mask=mask, x_a=x_a)
 
 
-def map_head_params(c_last: int, separable: bool) -> int:
-    """Attention (or SS1) head: 3x3 conv C -> C/4, BN, 1x1 conv C/4 -> 1 with bias."""
-    hidden = c_last // 4
-    conv1 = (9 * c_last + c_last * hidden) if separable else 9 * c_last * hidden
-    return conv1 + 2 * hidden + hidden + 1
+def conv3x3_params(cin: int, cout: int, separable: bool) -> int:
+    """3x3 conv without bias, or depthwise 3x3 + pointwise 1x1 (both without bias)."""
+    return (9 * cin + cin * cout) if separable else 9 * cin * cout
 
 
-def logits_params(channels: list[int], separable: bool) -> int:
-    """Per stage 3x3 conv C -> K + BN(K); fuse 1x1 conv nK -> K with bias."""
-    per_stage = sum((9 * c + c * K if separable else 9 * c * K) + 2 * K for c in channels)
-    return per_stage + len(channels) * K * K + K
+def map_head_params(c_last: int, hidden: int, separable: bool) -> int:
+    """Attention (or SS1) head: 3x3 conv C -> hidden, BN, 1x1 conv hidden -> 1 with bias."""
+    return conv3x3_params(c_last, hidden, separable) + 2 * hidden + hidden + 1
+
+
+def logits_params(channels: list[int], inter: int, separable: bool, classes: int = K) -> int:
+    """Per stage 3x3 conv C -> inter + BN(inter); fuse 1x1 conv n*inter -> K with bias."""
+    per_stage = sum(conv3x3_params(c, inter, separable) + 2 * inter for c in channels)
+    return per_stage + len(channels) * inter * classes + classes
 
 
 def test_output_is_a_probability_vector_and_attention_sums_to_one():
@@ -63,13 +69,96 @@ def test_output_is_a_probability_vector_and_attention_sums_to_one():
     torch.testing.assert_close(log_probs, direct.log())
 
 
-def test_parameter_counts_follow_the_definition():
-    model = make()
+@pytest.mark.parametrize("spec, inter, hidden", [("saol", COMPACT_CIFAR, COMPACT_CIFAR),
+                                                  ("saol[layout=wide]", K, 64 // 4),
+                                                  ("saol[inter=5,attn_hidden=3]", 5, 3)])
+def test_parameter_counts_follow_the_definition(spec, inter, hidden):
+    model = make(spec)
     backbone = params(make("gap-fc")) - (64 * K + K)
-    saol = map_head_params(64, False) + logits_params(CIFAR, False)
-    expected = backbone + saol + map_head_params(64, False) + (64 * K + K)  # + SS1 head + GAP-FC
-    assert params(model) == expected
+    saol = map_head_params(64, hidden, False) + logits_params(CIFAR, inter, False)
+    ss1 = map_head_params(64, hidden, False)
+    assert params(model) == backbone + saol + ss1 + (64 * K + K)  # + SS1 head + GAP-FC
     assert params(model.deploy()) == backbone + saol
+
+
+def test_resnet50_sizes_compact_and_wide():
+    """On ResNet-50 with 1000 classes the wide head is the earlier one (32,460,137 parameters);
+    the compact default adds under 1M to the baseline's 25,557,032 (issue: "almost the same")."""
+    with torch.device("meta"):
+        compact = build_model("saol", "resnet50", 1000).deploy()
+        wide = build_model("saol[layout=wide]", "resnet50", 1000).deploy()
+    backbone = 25_557_032 - (2048 * 1000 + 1000)
+    width = 2048 // 8
+    expected = (backbone + map_head_params(2048, width, True)
+                + logits_params(IMAGENET_BOTTLENECK, width, True, classes=1000))
+    assert params(compact) == expected
+    assert params(compact) - 25_557_032 < 1_000_000
+    assert params(wide) == 32_460_137
+
+
+def test_auto_options_resolve_from_layout_and_backbone():
+    def resolved(spec: str, backbone: str, classes: int) -> dict:
+        context = method_context(parse_spec(BACKBONES, backbone), classes)
+        return resolve_method(parse_spec(METHODS, spec), context).kwargs
+
+    compact = resolved("saol", "resnet50", 1000)
+    assert (compact["inter"], compact["attn_hidden"], compact["conv_at"], compact["separable"]) \
+        == (256, 256, "stage", True)
+    wide = resolved("saol[layout=wide]", "resnet8", K)
+    assert (wide["inter"], wide["attn_hidden"], wide["conv_at"], wide["separable"]) \
+        == (K, 16, "output", False)
+    given = resolved("saol[inter=7,conv_at=output,separable=true]", "resnet8", K)
+    assert (given["inter"], given["attn_hidden"], given["conv_at"], given["separable"]) \
+        == (7, COMPACT_CIFAR, "output", True)
+    assert str(resolve_method(parse_spec(METHODS, "saol"),
+                              method_context(parse_spec(BACKBONES, "resnet8"), K))) == "saol"
+
+
+@pytest.mark.parametrize("conv_at, sides", [("stage", [32, 16, 8]), ("output", [8, 8, 8])])
+def test_conv_at_sets_where_the_3x3_layers_run(conv_at, sides):
+    model = make(f"saol[conv_at={conv_at}]").eval()
+    seen = []
+    hooks = [branch.register_forward_hook(lambda m, i, o: seen.append(o.shape[-1]))
+             for branch in model.saol.logits.branches]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model.saol(model.backbone(x))
+    for hook in hooks:
+        hook.remove()
+    assert seen == sides
+    with torch.no_grad():  # at_stage: each branch at its stage's resolution, then area-averaged
+        features = model.backbone(x)
+        inter = [resize(b(f), (8, 8)) if conv_at == "stage" else b(resize(f, (8, 8)))
+                 for b, f in zip(model.saol.logits.branches, features)]
+        expected = F.log_softmax(model.saol.logits.fuse(torch.cat(inter, dim=1)), dim=1)
+    torch.testing.assert_close(out.log_spatial, expected)
+
+
+def test_kl_directions_of_ss2_and_sd():
+    """target_pred = KL(target || prediction) (Y_A and SAOL are the targets), pred_target the
+    reverse; both terms recomputed by hand."""
+    batch = cutmix_batch()
+    terms = {}
+    for direction in ("target_pred", "pred_target"):
+        model = make(f"saol[ss1=false,ss2_kl={direction},sd_kl={direction}]")
+        out = model.training_loss(batch)
+        with torch.no_grad():
+            features = model.backbone(batch.x)
+            saol = model.saol(features)
+            y_a = model.saol(model.backbone(batch.x_a)).log_spatial
+            gap = F.log_softmax(model.gapfc(features[-1]), dim=1)
+        mask = resize(batch.mask, (8, 8))
+        if direction == "target_pred":
+            ss2 = spatial_kl(y_a, saol.log_spatial, mask)
+            sd = F.kl_div(gap, saol.log_probs, reduction="batchmean", log_target=True)
+        else:
+            ss2 = spatial_kl(saol.log_spatial, y_a, mask)
+            sd = F.kl_div(saol.log_probs, gap, reduction="batchmean", log_target=True)
+        torch.testing.assert_close(out.terms["ss2"], ss2)
+        torch.testing.assert_close(out.terms["sd_kl"], sd)
+        terms[direction] = (ss2.item(), sd.item())
+    assert terms["target_pred"][0] != pytest.approx(terms["pred_target"][0])
+    assert terms["target_pred"][1] != pytest.approx(terms["pred_target"][1])
 
 
 def test_separable_auto_is_on_for_imagenet_backbones_only():
@@ -81,13 +170,14 @@ def test_separable_auto_is_on_for_imagenet_backbones_only():
     model = make(backbone="resnet18")
     assert grouped(model)
     assert not grouped(make("saol[separable=false]", backbone="resnet18"))
-    expected = map_head_params(512, True) + logits_params(IMAGENET_BASIC, True)
+    expected = map_head_params(512, 64, True) + logits_params(IMAGENET_BASIC, 64, True)
     assert params(model.saol) == expected
 
 
 def test_stage_selection_changes_parameter_count():
     full, last = make(), make("saol[stages=3]")
-    dropped = sum(9 * c * K + 2 * K for c in CIFAR[:2]) + 2 * K * K
+    dropped = sum(9 * c * COMPACT_CIFAR + 2 * COMPACT_CIFAR for c in CIFAR[:2]) \
+        + 2 * COMPACT_CIFAR * K
     assert params(full) - params(last) == dropped
     assert params(full) == params(make("saol[stages=1+2+3]"))
     with pytest.raises(BenchError):
@@ -223,6 +313,8 @@ def test_resize_averages_areas_when_shrinking_and_interpolates_when_enlarging():
 
 
 def test_invalid_options_are_bench_errors():
-    for spec in ("saol[separable=maybe]", "saol[head=cam]", "saol[stages=0]", "saol[out_size=-1]"):
+    for spec in ("saol[separable=maybe]", "saol[head=cam]", "saol[stages=0]", "saol[out_size=-1]",
+                 "saol[layout=narrow]", "saol[inter=0]", "saol[conv_at=input]",
+                 "saol[ss2_kl=forward]", "saol[sd_kl=x]"):
         with pytest.raises(BenchError):
             make(spec)

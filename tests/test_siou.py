@@ -159,3 +159,29 @@ def test_cutmix_uses_batch_y_as_target(batch):
 def test_bad_attention_option():
     with pytest.raises(BenchError, match="valid: px, ch"):
         make("siou[attention=grad-cam]")
+
+
+def test_joint_normalisation_keeps_the_confusing_maps_strength():
+    """norm=joint divides a layer's target and confusing maps by the larger maximum: a confusing
+    map half as strong as the target then overlaps half as much; norm=own ignores the scale."""
+    target = torch.tensor([[[2.0, 2.0], [0.0, 0.0]]])
+    confusing = {"last": target / 2}
+    own, joint = make(), make("siou[norm=joint]")
+    own_t, own_c = own.normalized({"last": target, "inner": 3 * target}, confusing)
+    joint_t, joint_c = joint.normalized({"last": target, "inner": 3 * target}, confusing)
+    assert torch.equal(own_t["last"], own_c["last"]) and own_t["last"].max() == 1
+    assert joint_t["last"].max() == 1 and joint_c["last"].max() == pytest.approx(0.5)
+    assert joint_t["inner"].max() == 1  # no confusing inner map: its own maximum
+    ones = torch.ones_like(target)
+    assert soft_iou(own_t["last"], own_c["last"], ones).item() == pytest.approx(1.0)
+    assert soft_iou(joint_t["last"], joint_c["last"], ones).item() == pytest.approx(2 / 3)
+
+
+def test_joint_normalisation_in_the_losses(batch):
+    own, joint = make().training_loss(batch), make("siou[norm=joint]").training_loss(batch)
+    assert all(torch.isfinite(v) for v in joint.terms.values())
+    assert 0 <= joint.terms["siou_last"] <= 1
+    assert not torch.allclose(joint.terms["siou_last"], own.terms["siou_last"])
+    assert torch.allclose(joint.terms["ce"], own.terms["ce"])
+    with pytest.raises(BenchError, match="valid: own, joint"):
+        make("siou[norm=global]")

@@ -80,6 +80,10 @@ class AttentionBranch(nn.Module):
         """Per-class maps (B, K, h, w); their spatial means are the attention logits."""
         return self.class_conv(features)
 
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The attention logits (B, K): the class maps' spatial means."""
+        return self.class_maps(features).mean(dim=(2, 3))
+
 
 class AbnNet(MethodNet):
     """Backbone split after stage L-1; attention branch; perception = stage L + GAP-FC on (1+M)g."""
@@ -108,12 +112,15 @@ class AbnNet(MethodNet):
     def training_loss(self, batch: Batch) -> StepOutput:
         g = self.split_features(batch.x)
         features, m = self.attention(g)
-        attention_logits = self.attention.class_maps(features).mean(dim=(2, 3))
+        attention_logits = self.attention.logits(features)
         logits = self.perceive(g, m)
         terms = {"attention": batch.classification_loss(attention_logits),
                  "perception": batch.classification_loss(logits)}
         loss = terms["attention"] + terms["perception"]
         return StepOutput(loss, logits, {k: v.detach() for k, v in terms.items()})
+
+    def reference_network(self) -> nn.Module:
+        return AbnReference(self)
 
     def localization_maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         features, m = self.attention(self.split_features(x))
@@ -121,6 +128,20 @@ class AbnNet(MethodNet):
             return m[:, 0]
         rows = torch.arange(len(classes), device=classes.device)
         return self.attention.class_maps(features)[rows, classes]
+
+
+class AbnReference(nn.Module):
+    """ABN as the authors' code runs it at inference: every forward also computes the attention
+    logits (the K -> K class conv and its GAP), beside the perception logits it predicts with."""
+
+    def __init__(self, net: AbnNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.net.split_features(x)
+        features, m = self.net.attention(g)
+        return self.net.perceive(g, m), self.net.attention.logits(features)
 
 
 @METHODS.register("abn", "attention branch network: a stride-1 copy of the last stage yields a "

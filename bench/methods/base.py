@@ -5,6 +5,8 @@ A method is a ``MethodNet``: a backbone plus an output layer. It says four thing
 - the loss terms it adds in training (``training_loss`` returns them by name);
 - the localization map it gives for a class (``localization_maps``);
 - the network it deploys (``deploy``: training-only parts removed).
+Options a paper sets differently per dataset or input size default to ``auto`` and are resolved
+from a ``BuildContext`` (the method's registered ``resolve``) before the network is built.
 """
 from __future__ import annotations
 
@@ -16,6 +18,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.models.common import AttnFactory, Backbone
+from bench.registry import Spec
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a method's ``auto`` options may depend on: the run's dataset (its registered name, or
+    None when not known), input size, classes, and the backbone's stage widths and output sizes
+    at that input size."""
+
+    backbone: Spec
+    num_classes: int
+    in_channels: int
+    input_size: int
+    dataset: Optional[str]
+    stage_channels: tuple[int, ...]
+    stage_sizes: tuple[int, ...]  # side of each stage's output map (square inputs)
+
+    @property
+    def imagenet(self) -> bool:
+        """Whether the run trains on ImageNet (a paper's ImageNet setting then applies)."""
+        return self.dataset == "imagenet"
 
 
 class BackboneFactory(Protocol):
@@ -115,6 +138,11 @@ class MethodNet(nn.Module):
     def deploy(self) -> nn.Module:
         """The inference network; shares parameters with this one."""
         return self
+
+    def reference_network(self) -> Optional[nn.Module]:
+        """The network as the authors' code runs it at inference, where that computes more than
+        ``deploy()`` (its cost is reported as ``gmacs_reference``); None when they agree."""
+        return None
 
 
 class BaselineDeploy(MethodNet):

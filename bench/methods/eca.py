@@ -4,26 +4,34 @@ GAP -> 1D convolution across the channel axis (kernel k, padding k // 2, no bias
 scale each channel. Placement as SE (``block_attn``: after the branch's last BN, before the
 addition). Head: GAP-FC, map = CAM. Parameters per block: k.
 
-Kernel size (option ``k``; 0 = adaptive from the block's width C): the authors' rule with
-gamma = 2, b = 1 (options ``gamma``, ``b``): t = int(|(log2(C) + b) / gamma|), k = t if t is odd
-else t + 1. This is the paper's "nearest odd number of t" with exact even ties (C = 2048:
-t = 6) rounded up. It gives k = 3 for C = 16..64, 5 for C = 128..1024, 7 for C = 2048, so
-ResNet-50 uses 5, 5, 5, 7 per stage (+86 parameters, as in SSIA's Table 3). The authors'
-ImageNet ResNet-50 checkpoint was instead trained with 3, 5, 5, 7 given by hand (README, ``--ksize
-3557``); a fixed odd ``k`` applies one size to every block. The conv keeps PyTorch's default init
-(the reference network's init touches only 2-D convs and BN).
+Kernel size (option ``k``): one value for every block (0 = adaptive from the block's width C) or
+one per stage, written ``3+5+5+7``. Adaptive is the authors' rule with gamma = 2, b = 1 (options
+``gamma``, ``b``): t = int(|(log2(C) + b) / gamma|), k = t if t is odd else t + 1. This is the
+paper's "nearest odd number of t" with exact even ties (C = 2048: t = 6) rounded up. It gives
+k = 3 for C = 16..64, 5 for C = 128..1024, 7 for C = 2048, so ResNet-50 uses 5, 5, 5, 7 per stage
+(+86 parameters, as in SSIA's Table 3). The authors' released ImageNet checkpoints were instead
+trained with sizes given by hand per stage (README: ResNet-50 ``--ksize 3557``, ResNet-101 and
+-152 ``3357``). ``k=auto`` (default) is resolved when the run is planned: those released sizes
+when the dataset is ImageNet and the backbone ResNet-50 (3, 5, 5, 7: +80 parameters) or
+ResNet-101 (3, 3, 5, 7), else the adaptive sizes of the backbone's stage widths; the per-stage
+sizes are stored with the run. The conv keeps PyTorch's default init (the reference network's
+init touches only 2-D convs and BN).
 """
 from __future__ import annotations
 
 import math
-from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.methods.base import BackboneFactory, MethodNet
-from bench.registry import METHODS
+from bench.methods.base import BackboneFactory, BuildContext, MethodNet
+from bench.registry import METHODS, Auto
+from bench.search import choice
+
+# Per-stage kernel sizes of the authors' released ImageNet checkpoints (README, --ksize).
+RELEASED_IMAGENET = {"resnet50": (3, 5, 5, 7), "resnet101": (3, 3, 5, 7)}
 
 
 def adaptive_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
@@ -49,12 +57,37 @@ class Eca(nn.Module):
         return x * self.gate(x)
 
 
+def resolve(options: dict[str, Any], ctx: BuildContext) -> dict[str, Any]:
+    """``k=auto``: the released per-stage sizes on ImageNet ResNet-50/101, else the adaptive
+    size of each stage's width."""
+    if isinstance(options["k"], Auto):
+        released = RELEASED_IMAGENET.get(ctx.backbone.name) if ctx.imagenet else None
+        sizes = released or tuple(adaptive_kernel_size(c, options["gamma"], options["b"])
+                                  for c in ctx.stage_channels)
+        options = dict(options, k=sizes)
+    return options
+
+
 @METHODS.register("eca", "efficient channel attention (1D conv across channels) in every residual "
-                  "block (Wang et al. 2020); map = CAM", k=0, gamma=2, b=1, order=80)
-def build(make_backbone: BackboneFactory, num_classes: int, k: int, gamma: int, b: int) -> MethodNet:
-    if k < 0 or (k > 0 and k % 2 == 0):
-        raise BenchError(f"method 'eca': option k must be 0 (adaptive) or an odd kernel size, got {k}")
+                  "block (Wang et al. 2020); map = CAM", resolve=resolve, k=Auto((0,)), gamma=2,
+                  b=1, order=80, search={"gamma": choice(1, 2, 3)})
+def build(make_backbone: BackboneFactory, num_classes: int, k: tuple[int, ...], gamma: int,
+          b: int) -> MethodNet:
+    if any(size < 0 or (size > 0 and size % 2 == 0) for size in k):
+        raise BenchError(f"method 'eca': option k must be 0 (adaptive) or odd kernel sizes, one "
+                         f"or one per stage, got {'+'.join(map(str, k))}")
     if gamma < 1:
         raise BenchError(f"method 'eca': option gamma must be >= 1, got {gamma}")
-    attention = partial(Eca, kernel_size=k, gamma=gamma, b=b)
+    per_stage: dict[int, int] = {}  # block width -> kernel size, when given per stage
+    if len(k) > 1:
+        with torch.device("meta"):  # the stage widths, to tell the blocks' stages apart
+            widths = make_backbone().stage_channels
+        if len(k) != len(widths) or len(set(widths)) != len(widths):
+            raise BenchError(f"method 'eca': option k={'+'.join(map(str, k))} needs one size per "
+                             f"stage ({len(widths)} on this backbone)")
+        per_stage = dict(zip(widths, k))
+
+    def attention(channels: int) -> Eca:
+        return Eca(channels, per_stage.get(channels, k[0]), gamma, b)
+
     return MethodNet(make_backbone(block_attn=attention), num_classes)

@@ -1,8 +1,9 @@
 """SimAM (Yang et al., ICML 2021): a parameter-free, energy-based gate on every neuron.
 
 Per sample and channel: mu = spatial mean of x, d = (x - mu)^2, v = sum(d) / (H*W - 1),
-e = d / (4 * (v + lambda)) + 0.5, output x * sigmoid(e). lambda = 1e-4 is the authors' CIFAR
-setting (their ImageNet runs used 0.1): option ``lambda``.
+e = d / (4 * (v + lambda)) + 0.5, output x * sigmoid(e). Option ``lambda``; ``auto`` (default)
+is resolved when the run is planned: 0.1 when the dataset is ImageNet (the authors' ImageNet
+setting), 1e-4 otherwise (their CIFAR setting); the resolved value is stored with the run.
 
 Placement as in the authors' code (ZjjConan/SimAM, networks/cifar/block.py and
 networks/imagenet/resnet.py): right after the block's 3x3 conv, before that conv's BN, i.e. after
@@ -22,8 +23,11 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.methods.base import BackboneFactory, MethodNet
-from bench.registry import METHODS
+from bench.methods.base import BackboneFactory, BuildContext, MethodNet
+from bench.registry import METHODS, Auto
+from bench.search import floats
+
+IMAGENET_LAMBDA, OTHER_LAMBDA = 0.1, 1e-4
 
 
 class SimAM(nn.Module):
@@ -43,8 +47,16 @@ class SimAM(nn.Module):
         return f"lambda={self.e_lambda}"
 
 
+def resolve(options: dict[str, Any], ctx: BuildContext) -> dict[str, Any]:
+    """``lambda=auto``: the authors' 0.1 on ImageNet, their 1e-4 on everything else."""
+    if isinstance(options["lambda"], Auto):
+        options = dict(options, **{"lambda": IMAGENET_LAMBDA if ctx.imagenet else OTHER_LAMBDA})
+    return options
+
+
 @METHODS.register("simam", "parameter-free energy attention after each block's 3x3 conv "
-                  "(Yang et al. 2021); map = CAM", **{"lambda": 1e-4}, order=50)
+                  "(Yang et al. 2021); map = CAM", resolve=resolve, **{"lambda": Auto(0.0)},
+                  order=50, search={"lambda": floats(1e-6, 1.0, log=True)})
 def build(make_backbone: BackboneFactory, num_classes: int, **options: Any) -> MethodNet:
     e_lambda = options["lambda"]  # ``lambda`` is a Python keyword, hence **options
     if not e_lambda > 0:

@@ -18,8 +18,14 @@ Classes: T = the ground truth (with CutMix, ``batch.y``, the label of the un-pas
 area is the larger in expectation; the pasted class ``y_a`` then often becomes the confusing one);
 conf = the highest-scoring other class (chosen without gradient).
 
-Every map is normalised per sample by its own maximum (eps 1e-12), so maps lie in [0, 1] and
-omega = 100 acts on a fixed scale. Then, per sample:
+Maps are normalised per sample so that they lie in [0, 1] and omega = 100 acts on a fixed scale
+(eps 1e-12); the paper does not normalise. Option ``norm``: ``own`` (default) divides every map by
+its own maximum, so sIoU compares the two maps' shapes and ignores how strong the confusing
+class's attention is; ``joint`` divides the target and confusing maps of a layer by the larger of
+their two maxima, so a weak confusing map overlaps less (a layer whose confusing map is not
+computed, e.g. the inner target map that only L_ac uses, is divided by its own maximum: L_ac's
+ratio is scale-free in A_in). The mask is computed from the last target map as normalised, so
+under ``joint`` it also moves with that scale. Then, per sample:
 - Mask = sigmoid(omega * (A_last_T - sigma * max(A_last_T))) (Eq. 7), with the max taken of the
   same normalised map it thresholds; for the inner layer the mask is resized bilinearly to the inner
   map's resolution (the inner maps keep their finer resolution);
@@ -40,10 +46,12 @@ from bench.errors import BenchError
 from bench.methods.base import BackboneFactory, BaselineDeploy, Batch, MethodNet, StepOutput
 from bench.models.common import Backbone
 from bench.registry import METHODS
+from bench.search import floats
 
 MAX_EPS = 1e-12  # added to the per-sample maximum when normalising a map
 SUM_EPS = 1e-8  # added to the sums in the denominators of sIoU and L_ac
 ATTENTIONS = ("px", "ch")
+NORMS = ("own", "joint")
 
 
 def gradient_attention(score: torch.Tensor, features: list[torch.Tensor],
@@ -61,9 +69,15 @@ def gradient_attention(score: torch.Tensor, features: list[torch.Tensor],
     return maps
 
 
-def normalize_max(a: torch.Tensor) -> torch.Tensor:
-    """Divide each sample's non-negative map (B, h, w) by its own maximum."""
-    return a / (a.amax(dim=(1, 2), keepdim=True) + MAX_EPS)
+def peak(a: torch.Tensor) -> torch.Tensor:
+    """Each sample's maximum of maps (B, h, w), shaped (B, 1, 1)."""
+    return a.amax(dim=(1, 2), keepdim=True)
+
+
+def normalize_max(a: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Divide each sample's non-negative map (B, h, w) by ``scale`` (B, 1, 1), by default its
+    own maximum."""
+    return a / ((peak(a) if scale is None else scale) + MAX_EPS)
 
 
 def soft_mask(a_last: torch.Tensor, sigma: float, omega: float) -> torch.Tensor:
@@ -93,20 +107,34 @@ class SIoUNet(MethodNet):
 
     def __init__(self, backbone: Backbone, num_classes: int, attention: str = "px",
                  inner: bool = True, last: bool = True, ac: bool = True, omega: float = 100.0,
-                 sigma: float = 0.55, alpha: float = 1.0, detach_mask: bool = False) -> None:
+                 sigma: float = 0.55, alpha: float = 1.0, detach_mask: bool = False,
+                 norm: str = "own") -> None:
         super().__init__(backbone, num_classes)
         if attention not in ATTENTIONS:
             raise BenchError(f"siou option attention={attention!r}: valid: {', '.join(ATTENTIONS)}")
+        if norm not in NORMS:
+            raise BenchError(f"siou option norm={norm!r}: valid: {', '.join(NORMS)}")
         if len(backbone.stage_channels) < 2:
             raise BenchError("siou needs a backbone with at least two stages (inner and last layer)")
         self.attention, self.inner, self.last, self.ac = attention, inner, last, ac
         self.omega, self.sigma, self.alpha, self.detach_mask = omega, sigma, alpha, detach_mask
+        self.norm = norm
 
     def class_maps(self, logits: torch.Tensor, classes: torch.Tensor,
-                   layers: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-sample max-normalised attention maps of one class per image on each layer."""
+                   layers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Raw attention maps of one class per image on each named layer."""
         score = logits.gather(1, classes[:, None]).sum()
-        return [normalize_max(a) for a in gradient_attention(score, layers, self.attention)]
+        return dict(zip(layers, gradient_attention(score, list(layers.values()), self.attention)))
+
+    def normalized(self, target: dict[str, torch.Tensor],
+                   confusing: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
+                                                                dict[str, torch.Tensor]]:
+        """The maps divided per ``norm``: each by its own maximum, or a layer's target and
+        confusing maps by the larger of their maxima (``joint``)."""
+        scales = {name: torch.maximum(peak(a), peak(confusing[name])) for name, a in target.items()
+                  if self.norm == "joint" and name in confusing}
+        return ({name: normalize_max(a, scales.get(name)) for name, a in target.items()},
+                {name: normalize_max(a, scales.get(name)) for name, a in confusing.items()})
 
     def attention_losses(self, features: list[torch.Tensor], logits: torch.Tensor,
                          target: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -118,22 +146,22 @@ class SIoUNet(MethodNet):
         confusing = others.argmax(dim=1)
 
         need_inner = self.inner or self.ac
-        target_maps = self.class_maps(logits, target, [f_inner, f_last] if need_inner else [f_last])
-        a_last_t = target_maps[-1]
-        mask = soft_mask(a_last_t, self.sigma, self.omega)
+        target_layers = {"inner": f_inner, "last": f_last} if need_inner else {"last": f_last}
+        conf_layers = {name: f for name, f, on in (("inner", f_inner, self.inner),
+                                                   ("last", f_last, self.last)) if on}
+        conf = self.class_maps(logits, confusing, conf_layers) if conf_layers else {}
+        maps, conf = self.normalized(self.class_maps(logits, target, target_layers), conf)
+        mask = soft_mask(maps["last"], self.sigma, self.omega)
         if self.detach_mask:
             mask = mask.detach()
-        a_in_t = target_maps[0] if need_inner else None
-        mask_in = resize_map(mask, a_in_t.shape[-2:]) if need_inner else None
-        conf_layers = [f for f, on in ((f_inner, self.inner), (f_last, self.last)) if on]
-        conf_maps = self.class_maps(logits, confusing, conf_layers) if conf_layers else []
+        mask_in = resize_map(mask, maps["inner"].shape[-2:]) if need_inner else None
         terms = {}
         if self.inner:
-            terms["siou_inner"] = soft_iou(a_in_t, conf_maps[0], mask_in).mean()
+            terms["siou_inner"] = soft_iou(maps["inner"], conf["inner"], mask_in).mean()
         if self.last:
-            terms["siou_last"] = soft_iou(a_last_t, conf_maps[-1], mask).mean()
+            terms["siou_last"] = soft_iou(maps["last"], conf["last"], mask).mean()
         if self.ac:
-            terms["ac"] = consistency_loss(a_in_t, mask_in, self.alpha).mean()
+            terms["ac"] = consistency_loss(maps["inner"], mask_in, self.alpha).mean()
         return terms
 
     def training_loss(self, batch: Batch) -> StepOutput:
@@ -150,6 +178,7 @@ class SIoUNet(MethodNet):
 @METHODS.register("siou", "training-only: soft-IoU separation of true vs. most confusing class "
                   "gradient attention + inner/last consistency (Sharpen Focus); deploys the baseline",
                   aliases=("sharpen-focus",), attention="px", inner=True, last=True, ac=True,
-                  omega=100.0, sigma=0.55, alpha=1.0, detach_mask=False, order=70)
+                  omega=100.0, sigma=0.55, alpha=1.0, detach_mask=False, norm="own", order=70,
+                  search={"sigma": floats(0.3, 0.8), "omega": floats(10.0, 300.0, log=True)})
 def build(make_backbone: BackboneFactory, num_classes: int, **options) -> MethodNet:
     return SIoUNet(make_backbone(), num_classes, **options)

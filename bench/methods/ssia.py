@@ -20,12 +20,14 @@ to high). A 3-stage CIFAR net has 2 blocks and uses the first two block weights 
 Descriptors are taken from the stage outputs the backbone returns: after the blocks' final ReLU in
 ResNets; in pre-activation WRNs the residual sums of stages 1..L-1 and BN-ReLU(X_L) for the last.
 
-Spatial resolution: MLP_s has fixed input and output sizes, but a method is built without knowing
-the input size. So both the lower stage's channel-mean map and the signal's channel-mean map are
-resized bilinearly to a fixed ``grid`` x ``grid`` per block (the paper resizes descriptors with
-bilinear interpolation and, in its Table 2 runs, the spatial signals to 28/14/7 for ResNet-50).
-The default 16+8+4 is the native signal size of 32x32 inputs on CIFAR nets (no resizing there);
-``grid=28+14+7`` is the paper's setting for 224x224 ImageNet ResNets.
+Spatial resolution: MLP_s has fixed input and output sizes, so both the lower stage's
+channel-mean map and the signal's channel-mean map are resized bilinearly to a fixed ``grid`` x
+``grid`` per block (the paper resizes descriptors with bilinear interpolation and, in its Table 2
+runs, the spatial signals to 28/14/7 for ResNet-50). ``grid=auto`` (default) is resolved when the
+run is planned, from the input size: block n's grid is the side of stage n+1's output, i.e. the
+signal's native size, which needs no resizing of the signal: 16+8 for 32x32 inputs on CIFAR nets,
+28+14+7 for 224x224 inputs on ImageNet ResNets (the paper's setting). The resolved grid is stored
+with the run; ``grid=a+b+c`` fixes it.
 
 Variants: ``spatial=false`` (channel-only) and ``channel=false`` (spatial-only); the paper's
 ablation used lambda_s, lambda_c = 1, 0 / 0, 3 / 0.5, 1.5 for spatial / channel / both.
@@ -33,14 +35,18 @@ The blocks exist only in training: ``deploy()`` is the plain baseline, the map i
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import BenchError
-from bench.methods.base import BackboneFactory, BaselineDeploy, Batch, MethodNet, StepOutput
+from bench.methods.base import (BackboneFactory, BaselineDeploy, Batch, BuildContext, MethodNet,
+                                StepOutput)
 from bench.models.common import Backbone
-from bench.registry import METHODS
+from bench.registry import METHODS, Auto
+from bench.search import floats
 
 NORM_EPS = 1e-5  # added to the variance in Norm
 COUNT_EPS = 1e-8  # the paper's epsilon in the denominator of Eq. 7
@@ -144,9 +150,17 @@ class SSIANet(MethodNet):
         return BaselineDeploy(self.backbone, self.head)
 
 
+def resolve(options: dict[str, Any], ctx: BuildContext) -> dict[str, Any]:
+    """``grid=auto``: per block, the side of the signal stage's output at the run's input size."""
+    if isinstance(options["grid"], Auto):
+        options = dict(options, grid=tuple(ctx.stage_sizes[1:]))
+    return options
+
+
 @METHODS.register("ssia", "training-only: lower stages predict the next stage's spatial/channel "
-                  "statistics (SSIA blocks); deploys the baseline",
+                  "statistics (SSIA blocks); deploys the baseline", resolve=resolve,
                   lambda_s=1.0, lambda_c=3.0, eta=0.5, weight=0.2, block_weights=(1.0, 2.0, 3.0),
-                  spatial=True, channel=True, hidden=64, grid=(16, 8, 4), order=60)
+                  spatial=True, channel=True, hidden=64, grid=Auto((0,)), order=60,
+                  search={"weight": floats(0.05, 1.0, log=True), "eta": floats(0.1, 1.0)})
 def build(make_backbone: BackboneFactory, num_classes: int, **options) -> MethodNet:
     return SSIANet(make_backbone(), num_classes, **options)

@@ -24,11 +24,13 @@ def make_attn(factory: AttnFactory, channels: int) -> nn.Module:
 class Backbone(nn.Module):
     """Base for backbones: ``forward`` returns the stage outputs; ``stage_channels`` their widths.
 
-    Subclasses define ``stem(x)`` and name their stages in ``stage_names``.
+    Subclasses define ``stem(x)``, name their stages in ``stage_names`` and give ``input_size``,
+    the side of the images they are designed for (what "auto" options assume without a dataset).
     """
 
     stage_channels: list[int]
     stage_names: list[str]
+    input_size: int
 
     @property
     def out_channels(self) -> int:

@@ -1,9 +1,21 @@
-"""CIFAR-style ResNets (He et al. 2016, Sec. 4.2) and Wide-ResNets (Zagoruyko & Komodakis 2016).
+"""CIFAR-style ResNets (He et al. 2016, Sec. 4.2), the ABN authors' CIFAR ResNets, and
+Wide-ResNets (Zagoruyko & Komodakis 2016).
 
 ResNet-(6n+2): a 3x3 stem of 16 channels and three stages of n basic blocks (16, 32, 64 channels,
 times ``width``). The paper's CIFAR nets use the parameter-free shortcut "A" (subsample and pad
 with zeros); ``shortcut="B"`` uses 1x1 projections. ResNet-20 (A) has 0.27M parameters and
 ResNet-110 (A) 1.7M, as in the paper's Table 6.
+
+``resnetN-abn``: the CIFAR ResNets of the ABN code (machine-perception-robotics-group/
+attention_branch_network, models/cifar/resnet.py, built on bearpaw/pytorch-classification), from
+which SAOL's Tables 1-2 take their ResNet-110 baselines. Depth 6n+2 with n blocks per stage for
+both block types (``assert (depth - 2) % 6 == 0; n = (depth - 2) // 6``), bottleneck blocks for
+depth >= 44 and basic blocks below; planes 16/32/64 (bottleneck outputs 64/128/256); a 1x1
+conv + BN projection whenever the stride or the width changes (so also in the first block of
+stage 1 with bottlenecks); the stride on the 3x3 conv. Their "ResNet-110" thus has 18 bottlenecks
+per stage (164 weighted layers, 1,704,154 parameters with 10 classes). (bearpaw's later revision
+takes n = (depth - 2) / 9 for bottlenecks; the ABN code predates it.) ResNet-164 is not
+registered: under this rule it would have 27 bottlenecks per stage, not He et al.'s 18.
 """
 from __future__ import annotations
 
@@ -11,29 +23,36 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.models.blocks import BasicBlock, PadShortcut, conv3x3
+from bench.models.blocks import BasicBlock, Bottleneck, PadShortcut, conv3x3
 from bench.models.common import AttnFactory, Backbone, init_weights, make_attn
 from bench.registry import BACKBONES
 
 
 class CifarResNet(Backbone):
-    """ResNet for 32x32-like inputs: stem conv3x3, stages of ``n`` basic blocks at 16/32/64 x width."""
+    """ResNet for 32x32-like inputs: stem conv3x3, three stages of ``n`` blocks at 16/32/64 planes
+    x width (basic blocks, or bottlenecks whose outputs are 4x their planes)."""
+
+    input_size = 32
 
     def __init__(self, depth: int, in_channels: int = 3, width: int = 1, shortcut: str = "A",
-                 block_attn: AttnFactory = None, conv_attn: AttnFactory = None,
-                 stage_attn: AttnFactory = None) -> None:
+                 bottleneck: bool = False, block_attn: AttnFactory = None,
+                 conv_attn: AttnFactory = None, stage_attn: AttnFactory = None) -> None:
         super().__init__()
         if (depth - 2) % 6 or depth < 8:
             raise BenchError(f"CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 56, 110, ...), got {depth}")
         if shortcut not in ("A", "B"):
             raise BenchError(f"shortcut must be A (zero-pad) or B (1x1 projection), got {shortcut!r}")
+        if bottleneck and shortcut != "B":
+            raise BenchError("bottleneck CIFAR ResNets take projection shortcuts (shortcut=B)")
         n = (depth - 2) // 6
-        widths = [16 * width, 32 * width, 64 * width]
+        block = Bottleneck if bottleneck else BasicBlock
         self.conv1 = conv3x3(in_channels, 16 * width)
         self.bn1 = nn.BatchNorm2d(16 * width)
         self.relu = nn.ReLU(inplace=True)
         cin = 16 * width
-        for i, cout in enumerate(widths):
+        widths = []
+        for i, planes in enumerate((16 * width, 32 * width, 64 * width)):
+            cout = planes * block.expansion
             blocks = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
@@ -42,9 +61,10 @@ class CifarResNet(Backbone):
                     down = (PadShortcut(cin, cout, stride) if shortcut == "A" else
                             nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
                                           nn.BatchNorm2d(cout)))
-                blocks.append(BasicBlock(cin, cout, stride, down, block_attn, conv_attn))
+                blocks.append(block(cin, planes, stride, down, block_attn, conv_attn))
                 cin = cout
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            widths.append(cout)
         self.stage_names = ["layer1", "layer2", "layer3"]
         self.stage_channels = widths
         self._init_stage_attn(stage_attn)
@@ -83,6 +103,8 @@ class WideBlock(nn.Module):
 
 class WideResNet(Backbone):
     """WRN-d-k: (d-4)/6 pre-activation blocks per stage at 16k/32k/64k channels; BN-ReLU at the end."""
+
+    input_size = 32
 
     def __init__(self, depth: int, widen: int, in_channels: int = 3, dropout: float = 0.0,
                  block_attn: AttnFactory = None, conv_attn: AttnFactory = None,
@@ -125,6 +147,21 @@ for _depth in (8, 14, 20, 32, 44, 56, 110):
     BACKBONES.add(f"resnet{_depth}", _cifar_resnet(_depth),
                   f"CIFAR ResNet-{_depth} ({(_depth - 2) // 6} basic blocks per stage, 16/32/64 channels x width)",
                   width=1, shortcut="A")
+
+
+def _abn_resnet(depth: int):
+    def build(in_channels: int = 3, **hooks) -> CifarResNet:
+        return CifarResNet(depth, in_channels, shortcut="B", bottleneck=depth >= 44, **hooks)
+    return build
+
+
+for _depth in (20, 32, 44, 56, 110):
+    _kind, _outputs = ("bottleneck", "64/128/256") if _depth >= 44 else ("basic", "16/32/64")
+    _note = ("; the ABN and SAOL papers' ResNet-110: 164 weighted layers, 1,704,154 parameters "
+             "with 10 classes" if _depth == 110 else "")
+    BACKBONES.add(f"resnet{_depth}-abn", _abn_resnet(_depth),
+                  f"CIFAR ResNet-{_depth} of the ABN code: {(_depth - 2) // 6} {_kind} blocks per "
+                  f"stage, outputs {_outputs}, 1x1 projections{_note}")
 
 
 def _wrn(depth: int, widen: int):

@@ -17,6 +17,8 @@ from bench.registry import BACKBONES
 class ImageNetResNet(Backbone):
     """7x7/2 stem, 3x3/2 max-pool, four stages (64, 128, 256, 512 planes x expansion)."""
 
+    input_size = 224
+
     def __init__(self, block: type, layers: list[int], in_channels: int = 3,
                  zero_init_residual: bool = False, block_attn: AttnFactory = None,
                  conv_attn: AttnFactory = None, stage_attn: AttnFactory = None) -> None:

@@ -8,7 +8,9 @@ size, batch size and dtype it was measured at, as COST.md requires. Each method'
 once and measured in turn (counts, memory, latency, then training steps).
 
 Which network each figure measures: ``params``, ``gmacs``, ``gmacs_all``, ``memory_access_mb`` and
-latency the deployed network (``model.deploy().eval()``); ``params_train``, ``gmacs_train``,
+latency the deployed network (``model.deploy().eval()``); ``gmacs_reference``, only for methods
+whose authors' code computes more at inference than our deployed network, that code path
+(``model.reference_network()``, fvcore default op set); ``params_train``, ``gmacs_train``,
 ``saved_activations_mb``, ``peak_memory_mb`` and the training step the training network in train
 mode. MAC counts are per image and shape-based (taken on the CPU in float32, so independent of the
 device and dtype); ``gmacs_train`` is counted on a batch of 2 (batch norm in training mode needs
@@ -28,7 +30,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
-from bench.api import build_from_specs
+from bench.api import build_from_specs, method_context, resolve_method
 from bench.device import amp_dtype, autocast
 from bench.errors import BenchError
 from bench.methods.base import Batch, MethodNet
@@ -45,7 +47,7 @@ TRAIN_COUNT_BATCH = 2  # batch on which gmacs_train is counted (then divided by 
 FIGURES = [m.name for m in METRICS if m.task == "cost"]
 SPREAD = {"latency_ms": "latency_iqr_ms", "latency_batch_ms": "latency_batch_iqr_ms",
           "train_step_ms": "train_step_iqr_ms"}
-PER_IMAGE = ("gmacs", "gmacs_all", "gmacs_train")
+PER_IMAGE = ("gmacs", "gmacs_all", "gmacs_train", "gmacs_reference")
 TIMED = ("latency_ms", "latency_batch_ms", "train_step_ms", "train_step_ratio")
 
 
@@ -56,7 +58,7 @@ def figure_settings(name: str, row: dict[str, Any]) -> dict[str, Any]:
                                 "input_size": row["input_size"]}
     if name in PER_IMAGE:
         settings.update(batch_size="per image", dtype="float32 (shape-based count)")
-        if name != "gmacs":
+        if name in ("gmacs_all", "gmacs_train"):
             settings["uncounted_ops"] = row["uncounted_ops_train" if name == "gmacs_train"
                                             else "uncounted_ops"]
     elif not name.startswith("params"):
@@ -88,7 +90,8 @@ def random_batch(batch_size: int, in_channels: int, input_size: int, num_classes
 
 @dataclass(frozen=True)
 class Workload:
-    """What is profiled: the backbone, the data's shape, and how training batches look."""
+    """What is profiled: the backbone, the data's shape and dataset (for the methods' ``auto``
+    options), and how training batches look."""
 
     backbone: Spec
     in_channels: int
@@ -96,13 +99,21 @@ class Workload:
     num_classes: int
     cutmix: bool = False
     seed: int = 0
+    dataset: Optional[str] = None
+
+    def resolve(self, method: Spec) -> Spec:
+        """``method`` with its ``auto`` options resolved for this workload."""
+        return resolve_method(method, method_context(self.backbone, self.num_classes,
+                                                     self.in_channels, self.input_size,
+                                                     self.dataset))
 
     def build(self, method: Spec, device: torch.device | str = "cpu") -> MethodNet:
         """The method's training network, initialised from ``seed`` (on the meta device: shapes
         only, no memory, for counting parameters)."""
         torch.manual_seed(self.seed)
         with torch.device(device):
-            return build_from_specs(method, self.backbone, self.num_classes, self.in_channels)
+            return build_from_specs(self.resolve(method), self.backbone, self.num_classes,
+                                    self.in_channels)
 
     def images(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.in_channels, self.input_size, self.input_size,
@@ -225,11 +236,12 @@ def profile_methods(methods: list[Spec], backbone: Spec, input_size: int, num_cl
                     threads: Optional[int] = None, *, channels_last: bool = False,
                     amp: str = "none", compile_mode: Optional[str] = None, cutmix: bool = False,
                     latency: bool = True, min_run_time: float = 1.0, train_pairs: int = 5,
-                    seed: int = 0) -> list[dict[str, Any]]:
+                    seed: int = 0, dataset: Optional[str] = None) -> list[dict[str, Any]]:
     """One row of cost figures per parsed method spec on ``backbone``; see the module docstring
     for what each figure measures. ``amp`` (bf16/fp16), ``channels_last`` and ``compile_mode`` (a
     torch.compile mode, "default" for the default) apply on CUDA only; ``latency=False`` skips
-    the inference timings."""
+    the inference timings. Each row also gives the method's options as resolved for this
+    workload (``dataset``: a registered name, for dataset-dependent defaults)."""
     settings = Settings.make(batch_size, device, threads, channels_last, amp, compile_mode)
     if train_step and train_pairs < 2:
         raise BenchError(f"train_pairs must be at least 2 (an IQR needs two), got {train_pairs}",
@@ -238,14 +250,15 @@ def profile_methods(methods: list[Spec], backbone: Spec, input_size: int, num_cl
     if input_size < smallest:
         raise BenchError(f"input_size {input_size} is too small for backbone {backbone}, which "
                          f"downsamples by {smallest}: use {smallest} or more", "input_size")
-    work = Workload(backbone, in_channels, input_size, num_classes, cutmix, seed)
+    work = Workload(backbone, in_channels, input_size, num_classes, cutmix, seed, dataset)
     baseline_spec = parse_spec(METHODS, BASELINE)
     baseline_params = count_params(work.build(baseline_spec, "meta").deploy())
     baseline = _trainer(work.build(baseline_spec), settings) if train_step else None
     rows = []
     for method in methods:
         model = work.build(method)
-        row = {"method": str(method), "backbone": str(backbone), "input_size": input_size,
+        row = {"method": str(method), "method_options": dict(work.resolve(method).options),
+               "backbone": str(backbone), "input_size": input_size,
                "num_classes": num_classes, "in_channels": in_channels, "cutmix": cutmix,
                **settings.record()}
         with _user_errors(method, batch_size, input_size):
@@ -261,18 +274,25 @@ def profile_methods(methods: list[Spec], backbone: Spec, input_size: int, num_cl
 
 def counted_figures(model: MethodNet, work: Workload, baseline_params: int) -> dict[str, Any]:
     """Parameters and MAC counts of ``model`` (on the CPU, float32, per image); ``params_added``
-    is relative to ``baseline_params``."""
+    is relative to ``baseline_params``; ``gmacs_reference`` only where the method has a
+    reference network."""
     deployed = model.deploy().eval()
     traced = count_traced(deployed, work.images(1))
+    reference = model.reference_network()
+    if reference is not None:
+        reference = count_traced(reference.eval(), work.images(1)).default.giga
     batch = work.batch(TRAIN_COUNT_BATCH)
     model.train()
     training = count_dispatched(lambda: model.training_loss(batch))
     params = count_params(deployed)
-    return {"params": params, "params_added": params - baseline_params,
-            "params_train": count_params(model),
-            "gmacs": traced.default.giga, "gmacs_all": traced.all.giga,
-            "gmacs_train": training.total / TRAIN_COUNT_BATCH / 1e9,
-            "uncounted_ops": traced.all.uncounted, "uncounted_ops_train": training.uncounted}
+    figures = {"params": params, "params_added": params - baseline_params,
+               "params_train": count_params(model),
+               "gmacs": traced.default.giga, "gmacs_all": traced.all.giga,
+               "gmacs_train": training.total / TRAIN_COUNT_BATCH / 1e9,
+               "uncounted_ops": traced.all.uncounted, "uncounted_ops_train": training.uncounted}
+    if reference is not None:
+        figures["gmacs_reference"] = reference
+    return figures
 
 
 def _memory_figures(model: MethodNet, work: Workload, settings: Settings) -> dict[str, Any]:

@@ -34,6 +34,8 @@ def summary_rows(groups: list[Group], interval: str = "bootstrap") -> list[dict[
     rows = []
     for group in groups:
         records = group.records
+        options = (dict(zip(records["method"], records["method_options"]))
+                   if "method_options" in records else {})  # as resolved for the runs
         keys = list(dict.fromkeys(zip(records["task"], records["metric"], records["setting"])))
         for task, metric, setting in keys:
             result = analyse(records, group.methods, metric, setting, interval)
@@ -42,8 +44,8 @@ def summary_rows(groups: list[Group], interval: str = "bootstrap") -> list[dict[
                 d = c.difference if c is not None else None
                 rows.append({
                     "group": group.label, "dataset": group.dataset, "backbone": group.backbone,
-                    "method": method, "task": task, "metric": metric, "setting": setting,
-                    "unit": result.info.unit, "n": est.n, "mean": _number(est.mean),
+                    "method": method, "method_options": options.get(method, {}), "task": task,
+                    "metric": metric, "setting": setting, "unit": result.info.unit, "n": est.n, "mean": _number(est.mean),
                     "ci_low": _number(est.low), "ci_high": _number(est.high),
                     "diff": _number(d.mean) if d and d.n else None,
                     "diff_low": _number(d.low) if d else None,
