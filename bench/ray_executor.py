@@ -20,6 +20,7 @@ claims lapse with it, so a rerun resumes.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -59,6 +60,19 @@ def import_ray() -> Any:
     return ray
 
 
+def _listening(address: str, timeout: float = 5.0) -> bool:
+    """Whether something accepts TCP connections at a ``host:port`` address (other forms are left
+    to Ray): Ray itself retries an unreachable address for minutes before giving up."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return True
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def connect(options: RayOptions) -> Any:
     """Connect to the cluster (or, with ``auto`` and none running, start one in this process,
     on the loopback address); any failure is one BenchError line."""
@@ -75,6 +89,8 @@ def connect(options: RayOptions) -> Any:
                 ray.init(_node_ip_address=LOOPBACK, include_dashboard=False,
                          log_to_driver=True, logging_level="error")
         else:
+            if not _listening(options.address):
+                raise ConnectionError(f"nothing listens at {options.address}")
             ray.init(address=options.address, log_to_driver=True, logging_level="error")
     except Exception as error:  # Ray raises many types (ConnectionError, RuntimeError, ...)
         raise BenchError(f"ray_address {options.address!r}: cannot connect to a Ray cluster "

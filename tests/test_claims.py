@@ -11,7 +11,7 @@ import pytest
 import bench
 from bench.store import Store, _start_time, owner_alive, owner_token
 
-TOY = dict(dataset="toy-quadrants", backbone="resnet8", epochs=1, tasks=["accuracy"],
+TOY = dict(dataset="toy-quadrants", backbone="resnet8", epochs=1, seeds=1, tasks=["accuracy"],
            progress=False, report=False, threads=1)
 
 

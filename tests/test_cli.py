@@ -11,7 +11,7 @@ from bench.cli import main
 from bench.store import Store
 from bench.tasks.base import Metric, TaskResult
 
-TOY = ["--dataset", "toy-quadrants", "--backbone", "resnet8", "--epochs", "1", "--no-progress",
+TOY = ["--dataset", "toy-quadrants", "--backbone", "resnet8", "--epochs", "1", "--seeds", "1", "--no-progress",
        "--tasks", "accuracy"]
 
 
@@ -157,7 +157,7 @@ def test_two_recipes_are_never_pooled_as_seeds(tmp_path, capsys):
     """A 1-epoch and a 2-epoch gap-fc run: two groups in the run's table, `bench results` and
     the report, each with n=1; the gate refuses to pool them."""
     base = ["run", "--methods", "gap-fc", "--out", str(tmp_path), "--dataset", "toy-quadrants",
-            "--backbone", "resnet8", "--no-progress", "--tasks", "accuracy"]
+            "--backbone", "resnet8", "--no-progress", "--tasks", "accuracy", "--seeds", "1"]
     run_cli(capsys, *base, "--epochs", "1")
     code, out, _ = run_cli(capsys, *base, "--epochs", "2")
     assert code == 0 and "toy-quadrants / resnet8 (epochs=2)" in out

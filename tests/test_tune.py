@@ -21,7 +21,7 @@ from bench.data.base import DataBundle
 from bench.registry import DATASETS
 
 TESTS = Path(__file__).resolve().parent
-TOY = dict(dataset="toy-quadrants", backbone="resnet8", epochs=2, progress=False, threads=1,
+TOY = dict(dataset="toy-quadrants", backbone="resnet8", epochs=2, seeds=1, progress=False, threads=1,
            tasks=["accuracy"])
 
 if "toy-garbage-test" not in DATASETS:
