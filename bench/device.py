@@ -51,3 +51,10 @@ def autocast(device: torch.device, amp: str) -> Any:
     if dtype is None:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA runs asynchronously), so that a clock read
+    next includes it; a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
