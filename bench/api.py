@@ -210,7 +210,8 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
                  backbone: Optional[SpecLike] = None,
                  tasks: Optional[SpecLike | Sequence[SpecLike]] = None,
                  out: str | Path = "reports", device: str | torch.device = "auto",
-                 data_root: Optional[str | Path] = None, download: bool = False, jobs: int = 1,
+                 data_root: Optional[str | Path] = None, download: bool = False,
+                 jobs: Optional[int] = None,
                  threads: Optional[int] = None, retry_failed: bool = False,
                  progress: bool = True, save_scoremaps: Optional[str | Path] = None,
                  cam_curve_interval: Optional[float] = None, maps_images: Optional[int] = None,
@@ -221,7 +222,7 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
     """The suite ``run`` (and ``tune``) execute, every argument checked and every method built
     once on the meta device before the store is touched (see ``run`` for the arguments)."""
     from bench.device import resolve_device
-    from bench.presets import PRESETS
+    from bench.presets import PRESET_METHODS, PRESETS
     from bench.store import Store
     from bench.suite import SuiteConfig
 
@@ -229,8 +230,9 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
     preset_entry = PRESETS.get(preset)
     config = preset_entry.obj.replace(**recipe)
     method_specs = as_specs(METHODS, methods, "methods") if methods is not None else [
-        parse_spec(METHODS, name) for name in METHODS.names()]
-    _check_positive(jobs=jobs, **({} if threads is None else {"threads": threads}))
+        parse_spec(METHODS, name)
+        for name in PRESET_METHODS.get(preset_entry.name, METHODS.names())]
+    _check_positive(**{k: v for k, v in (("jobs", jobs), ("threads", threads)) if v is not None})
     if executor not in EXECUTORS:
         raise BenchError(f"executor {executor!r} is not an executor; valid: "
                          f"{', '.join(EXECUTORS)}", "executor")
@@ -238,12 +240,18 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
     if executor == "ray":
         from bench.ray_executor import RayOptions, import_ray
 
-        if jobs != 1:
+        if jobs not in (None, 1):
             raise BenchError("jobs applies to the local executor; with executor ray the cluster's "
                              "resources decide how many runs go at once", "jobs")
         ray_options = RayOptions(ray_address, max_retries, ray_cpus, ray_gpus)
         ray_options.validate()
         import_ray()
+    device_type = resolve_device(device).type
+    if jobs is None:  # auto: on the CPU, one single-thread process per core (at most one per run)
+        runs = len(method_specs) * config.seeds
+        auto = executor == "local" and device_type == "cpu" and threads is None
+        jobs = min(os.cpu_count() or 1, runs) if auto else 1
+        threads = 1 if jobs > 1 else threads
     if threads is None:  # resolved here: the thread count is part of a CPU run's identity
         threads = max((os.cpu_count() or 1) // jobs, 1) if jobs > 1 else torch.get_num_threads()
     cfg = SuiteConfig(

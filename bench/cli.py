@@ -73,8 +73,10 @@ def add_suite_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--maps-images", type=int, default=None, metavar="N",
                    help="shorthand for maps[images=N]: test images the maps task scores "
                         "(0: all; default 64)")
-    p.add_argument("--jobs", type=positive_int, default=1,
-                   help="local executor: parallel processes for independent (method, seed) runs")
+    p.add_argument("--jobs", type=positive_int, default=None,
+                   help="local executor: parallel processes for independent (method, seed) runs "
+                   "(default: on the CPU without --threads, one single-thread process per core, "
+                   "at most one per run; else 1)")
     p.add_argument("--executor", default="local",
                    help="local (this machine) or ray (each run a task on a Ray cluster)")
     p.add_argument("--ray-address", default="auto",
@@ -178,13 +180,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def time_line(times: dict[str, float]) -> str:
-    """``time: training 412 s (78%), wsol 40 s (8%), ...; total 530 s`` for this invocation."""
+    """``time: training 412 s (78%), wsol 40 s (8%), ...; total 530 s`` for this invocation; with
+    runs in parallel the phases are summed over them and the shares are of that sum."""
     total = times.get("total", 0.0)
     phases = {k: v for k, v in times.items() if k != "total"}
-    phases["other (data, store, planning)"] = max(total - sum(phases.values()), 0.0)
-    parts = [f"{name} {seconds:.0f} s ({100 * seconds / total:.0f}%)" if total else
+    work = sum(phases.values())
+    if work <= total:
+        phases["other (data, store, planning)"] = total - work
+    whole = max(work, total)
+    parts = [f"{name} {seconds:.0f} s ({100 * seconds / whole:.0f}%)" if whole else
              f"{name} {seconds:.0f} s" for name, seconds in phases.items() if seconds >= 0.5]
-    return f"time: {', '.join(parts) or 'nothing to do'}; total {total:.0f} s"
+    summed = f" (phases summed over parallel runs: {work:.0f} s)" if work > total else ""
+    return f"time: {', '.join(parts) or 'nothing to do'}; total {total:.0f} s wall{summed}"
 
 
 def cmd_list(args: argparse.Namespace) -> int:

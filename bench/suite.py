@@ -363,7 +363,8 @@ def remote_run(cfg: SuiteConfig, plan: RunPlan, checkpoint: Optional[bytes]) -> 
             plan.checkpoint.parent.mkdir(parents=True)
             plan.checkpoint.write_bytes(checkpoint)
         records: list[TaskRecord] = []
-        train_seconds = execute(local, plan, cached_data(local), records.append, epoch_lines=True)
+        train_seconds = execute(local, plan, cached_data(local), records.append,
+                                epoch_lines=cfg.executor == "ray")  # a local bar shows progress
         trained = (plan.checkpoint.read_bytes() if checkpoint is None and plan.checkpoint.exists()
                    else None)
         files: dict[str, bytes] = {}

@@ -173,3 +173,15 @@ def test_two_recipes_are_never_pooled_as_seeds(tmp_path, capsys):
     code, _, err = run_cli(capsys, "check", "--out", str(tmp_path), "--baseline",
                            str(tmp_path / "b.json"), "--update")
     assert code == 2 and "several training recipes" in err
+
+
+def test_time_line_shares_add_up_in_process_and_in_parallel():
+    from bench.cli import time_line
+
+    assert time_line({"training": 60.0, "wsol": 20.0, "total": 100.0}) == (
+        "time: training 60 s (60%), wsol 20 s (20%), other (data, store, planning) 20 s (20%); "
+        "total 100 s wall")
+    # two runs at once: 200 s of phases in 100 s of wall time; shares are of the 200 s
+    assert time_line({"training": 150.0, "wsol": 50.0, "total": 100.0}) == (
+        "time: training 150 s (75%), wsol 50 s (25%); total 100 s wall (phases summed over "
+        "parallel runs: 200 s)")

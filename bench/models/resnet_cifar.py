@@ -4,9 +4,7 @@ Wide-ResNets (Zagoruyko & Komodakis 2016).
 ResNet-(6n+2): a 3x3 stem of 16 channels and three stages of n basic blocks (16, 32, 64 channels,
 times ``width``). The paper's CIFAR nets use the parameter-free shortcut "A" (subsample and pad
 with zeros); ``shortcut="B"`` uses 1x1 projections. ResNet-20 (A) has 0.27M parameters and
-ResNet-110 (A) 1.7M, as in the paper's Table 6. ``stem_stride=2`` (not in the paper) puts a stride
-on the stem conv, halving every stage's resolution (a quarter of the MACs): the default workload
-uses it to afford ``width=4``, whose first-stage attention gates are 4 units wide at r=16.
+ResNet-110 (A) 1.7M, as in the paper's Table 6.
 
 ``resnetN-abn``: the CIFAR ResNets of the ABN code (machine-perception-robotics-group/
 attention_branch_network, models/cifar/resnet.py, built on bearpaw/pytorch-classification), from
@@ -37,7 +35,7 @@ class CifarResNet(Backbone):
     input_size = 32
 
     def __init__(self, depth: int, in_channels: int = 3, width: int = 1, shortcut: str = "A",
-                 bottleneck: bool = False, stem_stride: int = 1, block_attn: AttnFactory = None,
+                 bottleneck: bool = False, block_attn: AttnFactory = None,
                  conv_attn: AttnFactory = None, stage_attn: AttnFactory = None) -> None:
         super().__init__()
         if (depth - 2) % 6 or depth < 8:
@@ -46,13 +44,9 @@ class CifarResNet(Backbone):
             raise BenchError(f"shortcut must be A (zero-pad) or B (1x1 projection), got {shortcut!r}")
         if bottleneck and shortcut != "B":
             raise BenchError("bottleneck CIFAR ResNets take projection shortcuts (shortcut=B)")
-        if stem_stride not in (1, 2):
-            raise BenchError(f"stem_stride must be 1 or 2, got {stem_stride!r}")
-        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
-            raise BenchError(f"width must be a positive integer, got {width!r}")
         n = (depth - 2) // 6
         block = Bottleneck if bottleneck else BasicBlock
-        self.conv1 = conv3x3(in_channels, 16 * width, stem_stride)
+        self.conv1 = conv3x3(in_channels, 16 * width)
         self.bn1 = nn.BatchNorm2d(16 * width)
         self.relu = nn.ReLU(inplace=True)
         cin = 16 * width
@@ -144,16 +138,15 @@ class WideResNet(Backbone):
 
 
 def _cifar_resnet(depth: int):
-    def build(in_channels: int = 3, width: int = 1, shortcut: str = "A", stem_stride: int = 1,
-              **hooks) -> CifarResNet:
-        return CifarResNet(depth, in_channels, width, shortcut, stem_stride=stem_stride, **hooks)
+    def build(in_channels: int = 3, width: int = 1, shortcut: str = "A", **hooks) -> CifarResNet:
+        return CifarResNet(depth, in_channels, width, shortcut, **hooks)
     return build
 
 
 for _depth in (8, 14, 20, 32, 44, 56, 110):
     BACKBONES.add(f"resnet{_depth}", _cifar_resnet(_depth),
                   f"CIFAR ResNet-{_depth} ({(_depth - 2) // 6} basic blocks per stage, 16/32/64 channels x width)",
-                  width=1, shortcut="A", stem_stride=1)
+                  width=1, shortcut="A")
 
 
 def _abn_resnet(depth: int):

@@ -58,5 +58,5 @@ class CostTask(Task):
 
 TASKS.add("cost", CostTask(), "parameters, GMACs, memory traffic, activation memory, latency and "
           "training-step time (vs the baseline), each with its unit and settings", order=20,
-          batch_size=8, train_step=True, threads=0, pairs=5, min_run_time=1.0,
+          batch_size=8, train_step=True, threads=0, pairs=3, min_run_time=0.25,
           channels_last=False, amp="none", compile="none")

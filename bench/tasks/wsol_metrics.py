@@ -140,7 +140,8 @@ def _contour_boxes(quantized: np.ndarray, threshold: int) -> tuple[np.ndarray, n
     for contour in contours:
         x, y, w, h = cv2.boundingRect(contour)
         boxes.append((x, y, min(x + w, width - 1), min(y + h, height - 1)))
-    largest = max(range(len(contours)), key=lambda i: cv2.contourArea(contours[i]))
+    areas = [cv2.contourArea(contour) for contour in contours]
+    largest = areas.index(max(areas))  # the first of maximal area
     boxes = np.array(boxes, dtype=np.int64)
     return boxes, boxes[largest:largest + 1]
 
