@@ -1,6 +1,6 @@
 """Benchmark: does the default schedule reach the conclusions a longer one reaches?
 
-    python benchmarks/preset_agreement.py [--preset quick] [--factor 3] [--seeds 3] [--jobs 2]
+    python benchmarks/preset_agreement.py [--preset quick] [--factor 3] [--seeds 3] [--out DIR]
 
 Trains every method (accuracy task only) at the preset's recipe and at a ``--factor`` times longer
 schedule (epochs x factor, everything else equal, the same seeds), then prints per method the two
@@ -61,7 +61,8 @@ def main() -> None:
     parser.add_argument("--factor", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", nargs="*", default=None)
-    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="parallel runs (default: bench's: one per core on the CPU)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("reports/preset-agreement"))
     parser.add_argument("--no-progress", action="store_true")
