@@ -211,7 +211,7 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
                  tasks: Optional[SpecLike | Sequence[SpecLike]] = None,
                  out: str | Path = "reports", device: str | torch.device = "auto",
                  data_root: Optional[str | Path] = None, download: bool = False,
-                 jobs: Optional[int] = None,
+                 jobs: Optional[int] = 1,
                  threads: Optional[int] = None, retry_failed: bool = False,
                  progress: bool = True, save_scoremaps: Optional[str | Path] = None,
                  cam_curve_interval: Optional[float] = None, maps_images: Optional[int] = None,
@@ -247,7 +247,7 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
         ray_options.validate()
         import_ray()
     device_type = resolve_device(device).type
-    if jobs is None:  # auto: on the CPU, one single-thread process per core (at most one per run)
+    if jobs is None:  # auto (the CLI's default): on the CPU, one single-thread process per core
         runs = len(method_specs) * config.seeds
         auto = executor == "local" and device_type == "cpu" and threads is None
         jobs = min(os.cpu_count() or 1, runs) if auto else 1
@@ -273,12 +273,13 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
 
 def run(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, report: bool = True,
         **settings: Any) -> SuiteResult:
-    """Train and measure ``methods`` (default: all), store every result under ``out`` and write
-    the report there; what ``python -m bench run`` does, minus printing.
+    """Train and measure ``methods`` (default: the preset's list, else all), store every result
+    under ``out`` and write the report there; what ``python -m bench run`` does, minus printing.
 
     Settings: ``preset`` (quick), ``dataset``, ``backbone``, ``tasks`` (specs, default all),
     ``out`` (reports), ``device`` (auto), ``data_root``, ``download``, ``threads`` (CPU threads
-    per run), ``retry_failed``, ``progress``; ``executor`` ``local`` (with ``jobs`` processes) or
+    per run), ``retry_failed``, ``progress``; ``executor`` ``local`` (with ``jobs`` processes: 1 by
+    default, None for one single-thread process per CPU core, the CLI's default) or
     ``ray`` (each (method, seed) a task on the cluster at ``ray_address``, ``max_retries``,
     ``ray_cpus``, ``ray_gpus``: bench/ray_executor.py); ``save_scoremaps`` and
     ``cam_curve_interval``, shorthands for the wsol task's options; and any recipe field of the

@@ -8,6 +8,8 @@ from __future__ import annotations
 import abc
 import multiprocessing as mp
 import os
+import threading
+import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Callable, Optional
@@ -64,12 +66,20 @@ class InProcess(Executor):
 _COUNTER: Any = None
 
 
-def worker_setup(threads: int, counter: Any) -> None:
-    """A local worker process: never opens the store, registries loaded, its thread count, and
-    on a machine with several GPUs one GPU of its own (round robin)."""
+def _exit_with(parent: int) -> None:
+    """End this worker once its driver is gone (killed, say): nobody would collect its work."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def worker_setup(threads: int, counter: Any, parent: int) -> None:
+    """A local worker process: never opens the store, registries loaded, its thread count, on a
+    machine with several GPUs one GPU of its own (round robin), and it ends with its driver."""
     from bench.plugins import load_all
     from bench.store import WORKER_ENV
 
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     os.environ[WORKER_ENV] = "1"
     load_all()
     torch.set_num_threads(threads)
@@ -87,7 +97,7 @@ class Processes(Executor):
         context = mp.get_context("spawn")
         self.slots = jobs
         self.pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=worker_setup,
-                                        initargs=(threads, context.Value("i", 0)))
+                                        initargs=(threads, context.Value("i", 0), os.getpid()))
         self.futures: set[Future] = set()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:

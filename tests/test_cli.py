@@ -11,7 +11,7 @@ from bench.cli import main
 from bench.store import Store
 from bench.tasks.base import Metric, TaskResult
 
-TOY = ["--dataset", "toy-quadrants", "--backbone", "resnet8", "--epochs", "1", "--seeds", "1", "--no-progress",
+TOY = ["--dataset", "toy-quadrants", "--backbone", "resnet8", "--epochs", "1", "--seeds", "1", "--jobs", "1", "--no-progress",
        "--tasks", "accuracy"]
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from bench.cli import main
 
-TOY = ["--dataset", "toy-quadrants", "--backbone", "resnet8", "--epochs", "1", "--seeds", "1", "--no-progress"]
+TOY = ["--dataset", "toy-quadrants", "--backbone", "resnet8", "--epochs", "1", "--seeds", "1", "--jobs", "1", "--no-progress"]
 
 
 def test_saved_scoremaps_evaluate_to_the_stored_numbers(tmp_path, capsys):

@@ -352,7 +352,7 @@ def test_wsol_metadata_errors(tmp_path):
 
 # --------------------------------------------------------------------------------------- through the CLI
 
-RUN = ["--backbone", "resnet8", "--epochs", "1", "--seeds", "1", "--batch-size", "4", "--tasks", "accuracy", "wsol",
+RUN = ["--backbone", "resnet8", "--epochs", "1", "--seeds", "1", "--jobs", "1", "--batch-size", "4", "--tasks", "accuracy", "wsol",
        "--no-progress", "--methods", "gap-fc", "--threads", "1"]
 SMALL = f"input_size={SIZE},resize_size=36,workers=0"
 

@@ -331,7 +331,7 @@ def test_smoke_preset_runs_on_the_cifar_fixture(tmp_path):
 
     write_cifar10(tmp_path, per_batch=8)
     assert main(["run", "--preset", "smoke", "--dataset", "cifar10", "--data-root", str(tmp_path),
-                 "--methods", "gap-fc", "--epochs", "1", "--seeds", "1", "--batch-size", "8", "--tasks", "accuracy",
+                 "--methods", "gap-fc", "--epochs", "1", "--seeds", "1", "--jobs", "1", "--batch-size", "8", "--tasks", "accuracy",
                  "wsol", "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     metrics = stored(tmp_path / "out")
     assert 0 <= metrics["top1"] <= 100
@@ -344,7 +344,7 @@ def test_smoke_preset_runs_on_the_cub_fixture(tmp_path):
     write_cub(tmp_path)
     assert main(["run", "--preset", "smoke", "--dataset",
                  "cub200[input_size=16,resize_size=20,holdout_per_class=1,workers=0]",
-                 "--data-root", str(tmp_path), "--methods", "gap-fc", "--epochs", "1", "--seeds", "1",
+                 "--data-root", str(tmp_path), "--methods", "gap-fc", "--epochs", "1", "--seeds", "1", "--jobs", "1",
                  "--batch-size", "2", "--tasks", "accuracy", "wsol", "--out", str(tmp_path / "out"),
                  "--no-progress"]) == 0
     metrics = stored(tmp_path / "out")

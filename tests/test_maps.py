@@ -255,7 +255,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
 
 def test_run_stores_and_reports_every_source(tmp_path, capsys):
     code = main(["run", "--methods", "gap-fc", "saol", "--dataset", "toy-quadrants", "--backbone",
-                 "resnet8", "--epochs", "1", "--seeds", "1", "--no-progress", "--out", str(tmp_path), "--tasks",
+                 "resnet8", "--epochs", "1", "--seeds", "1", "--jobs", "1", "--no-progress", "--out", str(tmp_path), "--tasks",
                  "accuracy", "maps[road_percentiles=50]", "--maps-images", "6"])
     assert code == 0, capsys.readouterr().err
     store = Store(tmp_path / "results.sqlite", create=False)

@@ -4,6 +4,8 @@ import os
 import sqlite3
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 from bench.cli import main
@@ -23,7 +25,7 @@ def counts(out: Path) -> tuple[int, list]:
 
 def test_jobs_store_every_result_exactly_once(tmp_path, capsys):
     args = ["run", "--methods", "gap-fc", "simam", "--seeds", "2", "--jobs", "2", "--out", str(tmp_path),
-            *SMOKE, "--epochs", "1", "--seeds", "1"]
+            *SMOKE, "--epochs", "1"]
     assert main(args) == 0
     runs, duplicates = counts(tmp_path)
     assert runs == 4 and duplicates == []
@@ -49,3 +51,38 @@ def test_torchrun_two_processes(tmp_path):
     # epochs reach 58.6% on torch 2.14.0 and 2.14.1 alike (1 epoch: 19.6%, too close to chance).
     assert metrics["top1"] > 30
     assert proc.stdout.count("top-1") == 1  # only rank 0 reports
+
+
+DRIVER = textwrap.dedent("""
+    import os, time
+    from bench.executors import Processes
+
+    executor = Processes(1, 1)
+    executor.submit(os.getpid)
+    print(executor.next_done()[1], flush=True)  # the worker's pid
+    executor.submit(time.sleep, 120)
+    time.sleep(120)
+""")
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_workers_end_with_their_driver():
+    """A driver killed outright (kill -9: no cleanup runs) leaves no worker behind."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER], stdout=subprocess.PIPE, text=True,
+                              env=env)
+    worker = int(driver.stdout.readline())
+    assert running(worker)
+    driver.kill()
+    driver.wait()
+    deadline = time.monotonic() + 30
+    while running(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running(worker)

@@ -284,7 +284,7 @@ def test_empty_store_and_missing_store(tmp_path, capsys):
 
 def test_bench_run_writes_the_report(tmp_path, capsys):
     code = main(["run", "--methods", "gap-fc", "--dataset", "toy-quadrants", "--backbone", "resnet8",
-                 "--epochs", "1", "--seeds", "1", "--no-progress", "--tasks", "accuracy", "--out", str(tmp_path)])
+                 "--epochs", "1", "--seeds", "1", "--jobs", "1", "--no-progress", "--tasks", "accuracy", "--out", str(tmp_path)])
     assert code == 0
     assert f"report: {tmp_path / 'report.html'}" in capsys.readouterr().out
     tables = md_tables((tmp_path / "report.md").read_text())

@@ -96,7 +96,7 @@ def test_build_model_context_defaults_and_checks():
 
 def test_resolved_options_are_stored_and_shown_by_results_json(tmp_path, capsys):
     args = ["run", "--methods", "ssia", "simam", "eca", "saol", "--dataset", "toy-quadrants",
-            "--backbone", "resnet8", "--epochs", "1", "--seeds", "1", "--no-progress", "--tasks", "accuracy",
+            "--backbone", "resnet8", "--epochs", "1", "--seeds", "1", "--jobs", "1", "--no-progress", "--tasks", "accuracy",
             "--threads", "1", "--out", str(tmp_path)]
     assert main(args) == 0
     capsys.readouterr()

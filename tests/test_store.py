@@ -20,7 +20,7 @@ from bench.errors import BenchError
 from bench.store import SCHEMA_VERSION, Store
 from bench.tasks.base import Metric, TaskResult
 
-RUN = ["--methods", "gap-fc", "--dataset", "toy-quadrants", "--backbone", "resnet8", "--epochs", "1", "--seeds", "1",
+RUN = ["--methods", "gap-fc", "--dataset", "toy-quadrants", "--backbone", "resnet8", "--epochs", "1", "--seeds", "1", "--jobs", "1",
        "--tasks", "accuracy", "--no-progress", "--threads", "1"]
 
 
