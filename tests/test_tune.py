@@ -21,8 +21,8 @@ from bench.data.base import DataBundle
 from bench.registry import DATASETS
 
 TESTS = Path(__file__).resolve().parent
-TOY = dict(dataset="toy-quadrants", backbone="resnet8", epochs=2, seeds=1, progress=False, threads=1,
-           tasks=["accuracy"])
+TOY = dict(dataset="toy-quadrants", backbone="resnet8", epochs=2, batch_size=128, progress=False,
+           threads=1, tasks=["accuracy"])
 
 if "toy-garbage-test" not in DATASETS:
     @DATASETS.register("toy-garbage-test", "test-only: toy-quadrants whose test split is noise")

@@ -20,7 +20,8 @@ from bench.report.stats import ALPHA, BETTER, CONFIDENCE, SAME, WORSE, fmt, p_te
 
 MISSING = "—"
 VERDICTS = (BETTER, WORSE, SAME)
-# Metrics whose tables add the paired difference to the baseline and the verdict.
+# Metrics whose tables add the paired difference to the baseline and the verdict (WSOL's in a
+# table of their own, so that each fits the page; `bench results` compares every metric).
 COMPARED = {"accuracy": ("top1", "top5"), "wsol": ("maxboxacc_v2", "gt_known_loc", "pxap")}
 
 
@@ -180,7 +181,14 @@ def wsol_table(group: Group, interval: str = "bootstrap") -> Table | None:
                         ["GT-known/Top-1/Top-5 Loc: classic protocol (IoU ≥ 0.5, tau from the "
                          "holdout split); MaxBoxAccV2 = mean of MaxBoxAcc at δ = 30/50/70%; PxAP: "
                          "pixel average precision (WSOL.md). " + statistics_note(interval)],
-                        COMPARED["wsol"], interval)
+                        interval=interval)
+
+
+def wsol_comparison_table(group: Group, interval: str = "bootstrap") -> Table | None:
+    """The main WSOL metrics against the baseline: paired difference, Holm p, verdict."""
+    columns = [info for info in METRICS.in_table("wsol") if info.name in COMPARED["wsol"]]
+    return metric_table(group, f"Localization against {BASELINE}", columns,
+                        [statistics_note(interval)], COMPARED["wsol"], interval)
 
 
 def compute_table(group: Group) -> Table | None:
@@ -231,6 +239,7 @@ def failures_table(group: Group) -> Table | None:
 
 def group_tables(group: Group, interval: str = "bootstrap") -> list[Table]:
     tables = [accuracy_table(group, interval), wsol_table(group, interval),
+              wsol_comparison_table(group, interval),
               compute_table(group), time_table(group, interval),
               other_table(group, interval), failures_table(group)]
     return [t for t in tables if t is not None]
