@@ -246,10 +246,10 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
         ray_options = RayOptions(ray_address, max_retries, ray_cpus, ray_gpus)
         ray_options.validate()
         import_ray()
-    device_type = resolve_device(device).type
+    device = resolve_device(device)
     if jobs is None:  # auto (the CLI's default): on the CPU, one single-thread process per core
         runs = len(method_specs) * config.seeds
-        auto = executor == "local" and device_type == "cpu" and threads is None
+        auto = executor == "local" and device.type == "cpu" and threads is None
         jobs = min(os.cpu_count() or 1, runs) if auto else 1
         threads = 1 if jobs > 1 else threads
     if threads is None:  # resolved here: the thread count is part of a CPU run's identity
@@ -261,7 +261,7 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
         recipe=config, preset=preset_entry.name,
         tasks=_tasks(tasks, {"save_scoremaps": save_scoremaps,
                              "cam_curve_interval": cam_curve_interval, "maps_images": maps_images}),
-        out_dir=writable_dir(out), device=resolve_device(device), data_root=_path(data_root),
+        out_dir=writable_dir(out), device=device, data_root=_path(data_root),
         download=download, retry_failed=retry_failed, progress=progress, jobs=jobs,
         threads=threads, executor=executor, ray=ray_options)
     for spec in method_specs:  # every option checked before the store is touched

@@ -22,6 +22,7 @@ from scipy.stats import kendalltau
 from tabulate import tabulate
 
 import bench
+from bench.plugins import load_all
 from bench.presets import PRESETS
 from bench.report.collect import BASELINE, Group, load
 from bench.report.conclusions import analyse
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/preset-agreement"))
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
-    bench.list_methods()  # loads the registries
+    load_all()
     epochs = PRESETS.get(args.preset).obj.epochs
     short, short_s = schedule(args.out / "default", epochs, args)
     long, long_s = schedule(args.out / f"x{args.factor}", epochs * args.factor, args)

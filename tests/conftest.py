@@ -44,3 +44,17 @@ def _threads():
     test runs share the cores (oversubscribed OpenMP threads spin and slow every run down)."""
     torch.set_num_threads(int(os.environ.get("BENCH_TEST_THREADS", "2")))
     yield
+
+
+def refused(capsys, argv: list[str], store) -> str:
+    """Run the CLI on ``argv`` expecting a refusal: exit code 2, one ``error:`` line and no
+    traceback, the store byte for byte as before. Returns the line."""
+    from bench.cli import main
+
+    before = store.read_bytes()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert store.read_bytes() == before
+    return err
