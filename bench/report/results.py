@@ -15,7 +15,7 @@ from bench.metrics import HIGHER, LOWER, METRICS
 from bench.report.collect import BASELINE, Group
 from bench.report.conclusions import analyse, difference_text, seed_values
 from bench.report.stats import (aggregate, check_aggregate, check_interval, fmt, p_text,
-                                probability_of_improvement)
+                                probability_of_improvement, signed)
 from bench.tasks.base import task_name
 
 RECORD_FIELDS = ["method", "dataset", "backbone", "seed", "task", "metric", "value", "unit"]
@@ -117,7 +117,8 @@ def render(groups: list[Group], fmt_name: str, interval: str = "bootstrap",
         elif r["n"] == 1:
             value += " (n=1)"
         delta = "" if r["diff"] is None else (
-            f"{fmt(r['diff'], unit)} " + _interval_text(r["diff_low"], r["diff_high"], unit))
+            f"{signed(r['diff'], unit)} {unit} " + _interval_text(r["diff_low"], r["diff_high"],
+                                                                   unit))
         table.append([r["group"], r["method"], r["metric"] + (f" [{r['setting']}]" if r["setting"]
                                                             else ""),
                       value, r["unit"], r["n"], delta, p_text(r["p_holm"]), r["verdict"] or ""])
