@@ -12,6 +12,7 @@ another map); ``METRICS.get`` resolves them to their base entry.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -41,7 +42,8 @@ class MetricInfo:
     def header(self, setting: str = "") -> str:
         """The column header: label, optional setting, unit."""
         where = f" [{setting}]" if setting else ""
-        unit = f" ({self.unit})" if self.unit and self.unit not in self.label else ""
+        named = re.search(rf"(?<!\w){re.escape(self.unit)}(?!\w)", self.label)  # "GMACs, ..."
+        unit = f" ({self.unit})" if self.unit and not named else ""
         return f"{self.label}{where}{unit}"
 
     def better(self, a: float, b: float) -> bool:

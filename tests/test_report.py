@@ -143,7 +143,7 @@ def test_units_and_settings(report):
         "GMACs, incl. element-wise ops"]
     assert tables["Time"][0][1:4] == ["latency [batch_size=1] (ms)", "latency [batch_size=64] (ms)",
                                       "training step ratio (x gap-fc)"]
-    assert "MaxBoxAcc δ=50%" in tables["Weakly-supervised object localization"][0]
+    assert "MaxBoxAcc δ=50% (%)" in tables["Weakly-supervised object localization"][0]
     assert tables["Other metrics"][0] == ["method", "accuracy: energy (J)"]
     assert "- gmacs: input=[1, 1, 16, 16], tool=fvcore" in markdown
     assert "- latency_ms [batch_size=1], latency_ms [batch_size=64]: threads=1" in markdown
