@@ -3,17 +3,6 @@ tasks. Kept out of ``bench.registry`` so that the registry imports no other benc
 plugin imports the registry; the registry imports none of them)."""
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
-
-def import_submodules(package: str, path: list[str]) -> None:
-    """Import every module of a package (but ``base`` and private ones), so each registers its
-    entries."""
-    for info in pkgutil.iter_modules(path):
-        if info.name != "base" and not info.name.startswith("_"):
-            importlib.import_module(f"{package}.{info.name}")
-
 
 def load_all() -> None:
     """Import every module that registers entries (methods, backbones, datasets, tasks, presets)."""

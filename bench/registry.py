@@ -7,6 +7,8 @@ from the run's input (dataset, input size, backbone), e.g. SSIA's predictor grid
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -240,3 +242,11 @@ def split_specs(text: str) -> list[str]:
             current += ch
     items.append(current)
     return [i.strip() for i in items if i.strip()]
+
+
+def import_submodules(package: str, path: list[str]) -> None:
+    """Import every module of a package (but ``base`` and private ones), so each registers its
+    entries."""
+    for info in pkgutil.iter_modules(path):
+        if info.name != "base" and not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bench.api import build_from_specs, method_context, resolve_method
+from bench.build import build_from_specs, method_context, resolve_method
 from bench.checkpoints import atomic_save, atomic_write_bytes, checkpoint_path
 from bench.data.base import DataBundle
 from bench.distributed import Dist, barrier, broadcast, init_from_env, local_device

@@ -152,7 +152,7 @@ def _pruner_trial(plan: TrialPlan) -> Any:
 def remote_trial(cfg: Any, plan: TrialPlan) -> TrialResult:
     """Train one trial on the train split and score it on the holdout split after each epoch
     (pruning) or at the end. The test split is never read."""
-    from bench.api import build_from_specs
+    from bench.build import build_from_specs
     from bench.plugins import load_all
     from bench.suite import cached_data, seed_everything
     from bench.train import train
@@ -281,9 +281,9 @@ class Study:
 
 
 def _with(text: str, options: dict[str, Any]) -> str:
-    from bench.api import _with_options
+    from bench.build import with_options
 
-    return _with_options(text, options)
+    return with_options(text, options)
 
 
 @dataclass

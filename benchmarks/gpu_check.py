@@ -91,7 +91,7 @@ if str(ROOT) not in sys.path:  # run from source, whatever the current directory
 import torch
 
 import bench
-from bench.api import build_from_specs
+from bench.build import build_from_specs
 from bench.data.base import Augment, DataBundle, TensorSplit
 from bench.data.cifar import CIFAR10
 from bench.device import resolve_device

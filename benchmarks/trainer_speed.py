@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from bench.api import build_from_specs
+from bench.build import build_from_specs
 from bench.device import synchronize
 from bench.plugins import load_all
 from bench.presets import PRESETS

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import bench
-from bench.api import method_context, resolve_method
+from bench.build import method_context, resolve_method
 from bench.cli import main
 from bench.errors import BenchError
 from bench.methods.eca import Eca

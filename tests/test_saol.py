@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.api import build_model, method_context, resolve_method
+from bench.api import build_model
+from bench.build import method_context, resolve_method
 from bench.errors import BenchError
 from bench.methods.base import BaselineDeploy, Batch
 from bench.methods.saol import SaolClassifier, resize, spatial_kl

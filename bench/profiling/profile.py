@@ -30,7 +30,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
-from bench.api import build_from_specs, method_context, resolve_method
+from bench.build import build_from_specs, method_context, resolve_method
 from bench.device import amp_dtype, autocast
 from bench.errors import BenchError
 from bench.methods.base import Batch, MethodNet

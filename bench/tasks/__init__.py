@@ -1,4 +1,4 @@
 """Tasks, one module each; importing this package registers every module found in it."""
-from bench.plugins import import_submodules
+from bench.registry import import_submodules
 
 import_submodules(__name__, __path__)
