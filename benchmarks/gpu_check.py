@@ -1,4 +1,4 @@
-"""GPU check (issue 19): the suite's CUDA paths exercised end to end, with a short table and a JSON
+"""GPU check: the suite's CUDA paths exercised end to end, with a short table and a JSON
 file of everything measured.
 
     PYTHONPATH=. python benchmarks/gpu_check.py --device cuda --out gpu-check

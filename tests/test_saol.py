@@ -84,7 +84,7 @@ def test_parameter_counts_follow_the_definition(spec, inter, hidden):
 
 def test_resnet50_sizes_compact_and_wide():
     """On ResNet-50 with 1000 classes the wide head is the earlier one (32,460,137 parameters);
-    the compact default adds under 1M to the baseline's 25,557,032 (issue: "almost the same")."""
+    the compact default adds under 1M to the baseline's 25,557,032 (the paper: "almost the same")."""
     with torch.device("meta"):
         compact = build_model("saol", "resnet50", 1000).deploy()
         wide = build_model("saol[layout=wide]", "resnet50", 1000).deploy()
