@@ -17,7 +17,7 @@ import torch
 from bench.build import SpecLike, as_spec, as_specs, build_from_specs, with_options
 from bench.errors import BenchError
 from bench.methods.base import MethodNet
-from bench.plugins import load_all
+from bench.plugins import load_all, worker_modules
 from bench.registry import BACKBONES, DATASETS, METHODS, TASKS, Spec, parse_spec
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
                  executor: str = "local",
                  ray_address: str = "auto", max_retries: int = 2,
                  ray_cpus: Optional[float] = None, ray_gpus: Optional[float] = None,
-                 **recipe: Any) -> "SuiteConfig":
+                 plugins: Sequence[str] = (), **recipe: Any) -> "SuiteConfig":
     """The suite ``run`` (and ``tune``) execute, every argument checked and every method built
     once on the meta device before the store is touched (see ``run`` for the arguments)."""
     from bench.device import resolve_device
@@ -131,7 +131,9 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
     from bench.store import Store
     from bench.suite import SuiteConfig
 
-    load_all()
+    if isinstance(plugins, str):
+        plugins = [plugins]
+    load_all(plugins)
     preset_entry = PRESETS.get(preset)
     config = preset_entry.obj.replace(**recipe)
     method_specs = as_specs(METHODS, methods, "methods") if methods is not None else [
@@ -169,6 +171,12 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
         out_dir=writable_dir(out), device=device, data_root=_path(data_root),
         download=download, retry_failed=retry_failed, progress=progress, jobs=jobs,
         threads=threads, executor=executor, ray=ray_options)
+    if executor == "local" and jobs > 1:
+        from bench.executors import check_spawnable
+
+        check_spawnable()
+    if executor == "ray" or jobs > 1:  # what the workers must import, refused if they cannot
+        cfg.plugins = worker_modules(cfg.entries(), remote=executor == "ray")
     for spec in method_specs:  # every option checked before the store is touched
         with torch.device("meta"):
             build_from_specs(spec, cfg.backbone, num_classes=2)
@@ -187,8 +195,9 @@ def run(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, report: bool
     default, None for one single-thread process per CPU core, the CLI's default) or
     ``ray`` (each (method, seed) a task on the cluster at ``ray_address``, ``max_retries``,
     ``ray_cpus``, ``ray_gpus``: bench/ray_executor.py); ``save_scoremaps`` and
-    ``cam_curve_interval``, shorthands for the wsol task's options; and any recipe field of the
-    preset (``epochs=3``, ``lr=0.05``, ``seeds=3``, ``cutmix=0.5``, ...). A rerun skips everything
+    ``cam_curve_interval``, shorthands for the wsol task's options; ``plugins``, modules to
+    import as plugins (in this process and every worker; see bench/plugins.py); and any recipe
+    field of the preset (``epochs=3``, ``lr=0.05``, ``seeds=3``, ``cutmix=0.5``, ...). A rerun skips everything
     already stored.
     """
     from bench.suite import run_suite
