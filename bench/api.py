@@ -1,4 +1,5 @@
-"""The public Python entry points: build a method's network, run a suite, profile methods.
+"""The public Python entry points: build a method's network, run a suite, profile methods, and
+read stored results as DataFrames.
 
 Every argument naming something registered takes its text (``"se[r=8]"``) or a parsed ``Spec``.
 Bad input raises ``BenchError`` whose ``param`` names the argument at fault (the CLI shows the
@@ -21,6 +22,8 @@ from bench.plugins import load_all, worker_modules
 from bench.registry import BACKBONES, DATASETS, METHODS, TASKS, Spec, parse_spec
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from bench.report import ReportFiles
     from bench.report.collect import Group
     from bench.suite import RunOutcome, SuiteConfig
@@ -312,3 +315,34 @@ def profile(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
                            train_step, threads, channels_last=channels_last, amp=amp,
                            compile_mode="default" if compile else None, latency=latency,
                            dataset=dataset_name)
+
+
+def results(out: str | Path = "reports", per_seed: bool = False,
+            interval: str = "t") -> "pd.DataFrame":
+    """The stored results under ``out`` as a tidy DataFrame with the columns of ``bench results
+    --format csv``: one row per configuration group, method and metric (and setting) with the
+    mean over seeds, its 95% ``interval`` (t or bootstrap), the paired difference to gap-fc,
+    Holm-corrected p and verdict; with ``per_seed``, one row per method, metric and seed."""
+    from bench.report.collect import configuration_groups, read_store
+    from bench.report.results import per_seed_frame, summary_frame
+    from bench.report.stats import check_interval
+
+    check_interval(interval)
+    load_all()  # method order and plugin methods, as in the report
+    records, runs, _, _ = read_store(Path(out))
+    if per_seed:
+        return per_seed_frame(records)
+    return summary_frame(configuration_groups(records, runs), interval)
+
+
+def compare(out: str | Path = "reports", metric: str = "top1",
+            interval: str = "t") -> "pd.DataFrame":
+    """The verdict table of one stored ``metric``: per configuration group and method, the mean
+    with its interval and, against gap-fc (paired by seed), the difference with its interval,
+    the p-value, its Holm correction and the verdict (gap-fc's row reads ``reference``)."""
+    frame = results(out, interval=interval)
+    if metric not in set(frame["metric"]):
+        stored = ", ".join(dict.fromkeys(frame["metric"])) or "none"
+        raise BenchError(f"metric {metric!r} is not stored under {out}; stored: {stored}",
+                         "metric")
+    return frame[frame["metric"] == metric].reset_index(drop=True)
