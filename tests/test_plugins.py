@@ -56,7 +56,7 @@ def test_installed_plugin_is_listed_with_its_package(installed):
     assert proc.returncode == 0, proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith("srm "))
     assert line.endswith("[plugin: bench-plugin-srm 0.1.0]")
-    assert not any("[plugin:" in ln for ln in proc.stdout.splitlines() if ln is not line)
+    assert proc.stdout.count("[plugin:") == 1  # bench's own entries are not marked
 
 
 def test_installed_plugin_runs_in_two_worker_processes(installed, tmp_path):
@@ -182,3 +182,45 @@ def test_run_time_plugins_are_marked_and_recorded(fresh, capsys, monkeypatch, tm
                for ln in lines)
     assert plugins.provenance([(METHODS, "from-flag"), (METHODS, "gap-fc")]) == [
         {"module": "flag_plugin", "distribution": None, "version": None}]
+
+
+def test_workers_import_the_modules_that_registered_the_suites_entries(fresh):
+    """A method registered by a module the user imported (a notebook's ``import mymethods``) is
+    known to workers: they import that module; bench's and installed plugins' need nothing."""
+    (fresh / "user_methods.py").write_text(METHOD.format(name="user-made"))
+    import user_methods  # noqa: F401
+
+    entries = [(METHODS, "user-made"), (METHODS, "gap-fc")]
+    assert plugins.worker_modules(entries, remote=False) == ("user_methods",)
+    assert plugins.provenance(entries) == [
+        {"module": "user_methods", "distribution": None, "version": None}]
+
+
+NOTEBOOK = """
+import bench
+from bench.methods.base import MethodNet
+from bench.registry import METHODS
+
+@METHODS.register("mine", "defined in __main__")
+def build(make_backbone, num_classes):
+    return MethodNet(make_backbone(), num_classes)
+
+bench.run(["gap-fc", "mine"], preset="smoke", epochs=1, tasks=["accuracy"], jobs=2,
+          out={out!r}, progress=False)
+"""
+
+
+@pytest.mark.parametrize("how, message", [
+    ("-c", "method 'mine' is registered in __main__"),  # a notebook: no file to re-import
+    ("stdin", "worker processes cannot start from this program: its main module '<stdin>'")])
+def test_a_suite_its_workers_cannot_run_is_refused_before_launching(tmp_path, how, message):
+    code = NOTEBOOK.format(out=str(tmp_path / "out"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    argv, stdin = ([sys.executable, "-c", code], None) if how == "-c" else (
+        [sys.executable, "-"], code)
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.rstrip().splitlines()[-1].startswith(
+        "bench.errors.BenchError: "), proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert not (tmp_path / "out" / "results.sqlite").exists()  # refused before the store
