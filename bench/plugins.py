@@ -149,7 +149,7 @@ def load_module(module: str) -> Plugin:
     registers nothing."""
     if module in _PLUGINS:
         return _PLUGINS[module]
-    if not module.replace(".", "").replace("_", "").isalnum():
+    if not all(part.isidentifier() for part in module.split(".")):
         raise BenchError(f"plugin {module!r} is not a module name (write package.module)")
     plugin = Plugin(module, *distribution_of(module))
     where = f"plugin module {module!r}"

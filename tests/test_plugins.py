@@ -68,6 +68,20 @@ def test_installed_plugin_runs_in_two_worker_processes(installed, tmp_path):
     assert "bench-plugin-srm 0.1.0" in report  # the runs table names the plugin
 
 
+def test_installed_and_run_time_plugins_run_as_ray_tasks(installed, tmp_path):
+    """Ray workers load the installed plugin (entry point) and the module named by --plugin."""
+    pytest.importorskip("ray")
+    (tmp_path / "ray_probe.py").write_text(METHOD.format(name="ray-probe"))
+    env = dict(installed, PYTHONPATH=os.pathsep.join([installed["PYTHONPATH"], str(tmp_path)]))
+    proc = bench(env, "run", "--methods", "srm", "ray-probe", "--plugin", "ray_probe",
+                 "--executor", "ray", "--threads", "1", "--out", str(tmp_path / "out"), *TINY)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert runs(tmp_path / "out") == {
+        "srm": ("complete", [SRM]),
+        "ray-probe": ("complete", [{"module": "ray_probe", "distribution": None,
+                                    "version": None}])}
+
+
 def test_installed_plugin_is_tuned(installed, tmp_path):
     proc = bench(installed, "tune", "--methods", "srm", "--trials", "1", "--out", str(tmp_path),
                  *TINY)
@@ -165,6 +179,8 @@ def test_an_entry_point_must_register_in_its_group(fresh, capsys):
 def test_unknown_and_empty_plugin_modules_are_refused(fresh, capsys):
     assert "no module named 'no_such_plugin'" in one_error(
         capsys, ["list", "--plugin", "no_such_plugin"])
+    assert "plugin 'my-methods.py' is not a module name" in one_error(
+        capsys, ["list", "--plugin", "my-methods.py"])
     (fresh / "empty_plugin.py").write_text("X = 1\n")
     assert "plugin module 'empty_plugin' registers nothing" in one_error(
         capsys, ["list", "--plugin", "empty_plugin"])
