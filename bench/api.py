@@ -200,8 +200,8 @@ def run(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, report: bool
     ``ray_cpus``, ``ray_gpus``: bench/ray_executor.py); ``save_scoremaps`` and
     ``cam_curve_interval``, shorthands for the wsol task's options; ``plugins``, modules to
     import as plugins (in this process and every worker; see bench/plugins.py); and any recipe
-    field of the preset (``epochs=3``, ``lr=0.05``, ``seeds=3``, ``cutmix=0.5``, ...). A rerun skips everything
-    already stored.
+    field of the preset (``epochs=3``, ``lr=0.05``, ``seeds=3``, ``cutmix=0.5``, ...). A rerun
+    skips everything already stored.
     """
     from bench.suite import run_suite
 

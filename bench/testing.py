@@ -14,7 +14,7 @@ Each failure is an ``AssertionError`` naming the method, the backbone and what f
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -26,6 +26,12 @@ from bench.registry import BACKBONES, parse_spec
 
 CLASSES = 5
 BATCH = 4
+
+
+def _require(condition: Any, message: str) -> None:
+    """An AssertionError with ``message`` unless ``condition`` holds (also under ``python -O``)."""
+    if not condition:
+        raise AssertionError(message)
 
 
 def _params(module: nn.Module) -> int:
@@ -44,36 +50,37 @@ def check_network(name: str, backbone: str) -> None:
     size = _input_size(backbone)
     torch.manual_seed(0)
     model = build_model(name, backbone, num_classes=CLASSES, in_channels=3, input_size=size)
-    assert isinstance(model, MethodNet), f"{where}: the builder returned {type(model).__name__}, " \
-                                         "not a MethodNet"
+    _require(isinstance(model, MethodNet),
+             f"{where}: the builder returned {type(model).__name__}, not a MethodNet")
     x, y = torch.randn(BATCH, 3, size, size), torch.arange(BATCH) % CLASSES
     model.train()
     out = model.training_loss(Batch(x, y))
-    assert out.logits.shape == (BATCH, CLASSES), f"{where}: logits of shape {tuple(out.logits.shape)}"
-    assert torch.isfinite(out.loss), f"{where}: training loss {out.loss.item()}"
-    assert out.terms, f"{where}: training_loss names no loss term"
+    _require(out.logits.shape == (BATCH, CLASSES),
+             f"{where}: logits of shape {tuple(out.logits.shape)}")
+    _require(torch.isfinite(out.loss), f"{where}: training loss {out.loss.item()}")
+    _require(out.terms, f"{where}: training_loss names no loss term")
     total = sum(float(v) for v in out.terms.values())
-    assert abs(out.loss.item() - total) <= 1e-5 * max(1.0, abs(total)), \
-        f"{where}: loss {out.loss.item()} is not the sum of its terms {dict(out.terms)}"
+    _require(abs(out.loss.item() - total) <= 1e-5 * max(1.0, abs(total)),
+             f"{where}: loss {out.loss.item()} is not the sum of its terms {dict(out.terms)}")
     out.loss.backward()
-    assert any(p.grad is not None for p in model.parameters()), f"{where}: no gradient"
+    _require(any(p.grad is not None for p in model.parameters()), f"{where}: no gradient")
     model.eval()
     deployed = model.deploy().eval()
     own = {id(p) for p in model.parameters()}
-    assert all(id(p) in own for p in deployed.parameters()), \
-        f"{where}: the deployed network has parameters the training network does not share"
+    _require(all(id(p) in own for p in deployed.parameters()),
+             f"{where}: the deployed network has parameters the training network does not share")
     with torch.no_grad():
-        assert torch.allclose(model(x), deployed(x), atol=1e-5), \
-            f"{where}: the deployed network predicts differently from the training network"
+        _require(torch.allclose(model(x), deployed(x), atol=1e-5),
+                 f"{where}: the deployed network predicts differently from the training network")
     try:
         with torch.enable_grad():
             maps = model.localization_maps(x, y)
     except NotImplementedError:
         pass
     else:
-        assert maps.dim() == 3 and maps.shape[0] == BATCH, \
-            f"{where}: localization maps of shape {tuple(maps.shape)}, not (B, h, w)"
-        assert torch.isfinite(maps).all(), f"{where}: localization maps are not finite"
+        _require(maps.dim() == 3 and maps.shape[0] == BATCH,
+                 f"{where}: localization maps of shape {tuple(maps.shape)}, not (B, h, w)")
+        _require(torch.isfinite(maps).all(), f"{where}: localization maps are not finite")
     with torch.device("meta"):
         build_model(name, backbone, num_classes=CLASSES, input_size=size)
 
@@ -93,15 +100,16 @@ def check_cost(name: str, backbone: str) -> None:
     counted = {"params": _params(deployed), "params_train": _params(model),
                "params_added": _params(deployed) - _params(baseline)}
     for key, value in counted.items():
-        assert row[key] == value, f"{where}: bench reports {key} = {row[key]}, counted {value}"
+        _require(row[key] == value,
+                 f"{where}: bench reports {key} = {row[key]}, counted {value}")
     x = torch.randn(1, 3, size, size)
     analysis = import_fvcore()(deployed, x)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     analysis.tracer_warnings("none")
     macs = analysis.total() / 1e9
-    assert abs(row["gmacs"] - macs) <= 1e-9 * max(1.0, macs), \
-        f"{where}: bench reports {row['gmacs']} GMACs for the deployed network, fvcore counts {macs}"
+    _require(abs(row["gmacs"] - macs) <= 1e-9 * max(1.0, macs),
+             f"{where}: bench reports {row['gmacs']} GMACs for the deployed network, fvcore {macs}")
 
 
 def check_method(name: str, backbones: Sequence[str] = ("resnet8", "resnet18")) -> None:

@@ -3,7 +3,8 @@ and SVG under ``figures/``: accuracy against cost (GMACs and training-step cost)
 cost, latency, WSOL metrics and the per-epoch training curves. Means and error bars are read from
 the group's summary frame (``bench.report.results.summary_frame``, what ``bench.results`` and
 ``bench results --format csv`` give), so figures, tables and notebooks show one set of numbers;
-curve bands are seaborn's seeded bootstrap intervals. Every method keeps its palette colour and its place in the order."""
+curve bands are seaborn's seeded bootstrap intervals. Every method keeps its palette colour and its
+place in the order."""
 from __future__ import annotations
 
 from pathlib import Path
