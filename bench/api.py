@@ -1,4 +1,5 @@
-"""The public Python entry points: build a method's network, run a suite, profile methods.
+"""The public Python entry points: build a method's network, run a suite, profile methods, and
+read stored results as DataFrames.
 
 Every argument naming something registered takes its text (``"se[r=8]"``) or a parsed ``Spec``.
 Bad input raises ``BenchError`` whose ``param`` names the argument at fault (the CLI shows the
@@ -17,10 +18,12 @@ import torch
 from bench.build import SpecLike, as_spec, as_specs, build_from_specs, with_options
 from bench.errors import BenchError
 from bench.methods.base import MethodNet
-from bench.plugins import load_all
+from bench.plugins import load_all, worker_modules
 from bench.registry import BACKBONES, DATASETS, METHODS, TASKS, Spec, parse_spec
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from bench.report import ReportFiles
     from bench.report.collect import Group
     from bench.suite import RunOutcome, SuiteConfig
@@ -123,7 +126,7 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
                  executor: str = "local",
                  ray_address: str = "auto", max_retries: int = 2,
                  ray_cpus: Optional[float] = None, ray_gpus: Optional[float] = None,
-                 **recipe: Any) -> "SuiteConfig":
+                 plugins: Sequence[str] = (), **recipe: Any) -> "SuiteConfig":
     """The suite ``run`` (and ``tune``) execute, every argument checked and every method built
     once on the meta device before the store is touched (see ``run`` for the arguments)."""
     from bench.device import resolve_device
@@ -131,7 +134,9 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
     from bench.store import Store
     from bench.suite import SuiteConfig
 
-    load_all()
+    if isinstance(plugins, str):
+        plugins = [plugins]
+    load_all(plugins)
     preset_entry = PRESETS.get(preset)
     config = preset_entry.obj.replace(**recipe)
     method_specs = as_specs(METHODS, methods, "methods") if methods is not None else [
@@ -169,6 +174,12 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
         out_dir=writable_dir(out), device=device, data_root=_path(data_root),
         download=download, retry_failed=retry_failed, progress=progress, jobs=jobs,
         threads=threads, executor=executor, ray=ray_options)
+    if executor == "local" and jobs > 1:
+        from bench.executors import check_spawnable
+
+        check_spawnable()
+    if executor == "ray" or jobs > 1:  # what the workers must import, refused if they cannot
+        cfg.plugins = worker_modules(cfg.entries(), remote=executor == "ray")
     for spec in method_specs:  # every option checked before the store is touched
         with torch.device("meta"):
             build_from_specs(spec, cfg.backbone, num_classes=2)
@@ -187,9 +198,10 @@ def run(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, report: bool
     default, None for one single-thread process per CPU core, the CLI's default) or
     ``ray`` (each (method, seed) a task on the cluster at ``ray_address``, ``max_retries``,
     ``ray_cpus``, ``ray_gpus``: bench/ray_executor.py); ``save_scoremaps`` and
-    ``cam_curve_interval``, shorthands for the wsol task's options; and any recipe field of the
-    preset (``epochs=3``, ``lr=0.05``, ``seeds=3``, ``cutmix=0.5``, ...). A rerun skips everything
-    already stored.
+    ``cam_curve_interval``, shorthands for the wsol task's options; ``plugins``, modules to
+    import as plugins (in this process and every worker; see bench/plugins.py); and any recipe
+    field of the preset (``epochs=3``, ``lr=0.05``, ``seeds=3``, ``cutmix=0.5``, ...). A rerun
+    skips everything already stored.
     """
     from bench.suite import run_suite
 
@@ -303,3 +315,34 @@ def profile(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
                            train_step, threads, channels_last=channels_last, amp=amp,
                            compile_mode="default" if compile else None, latency=latency,
                            dataset=dataset_name)
+
+
+def results(out: str | Path = "reports", per_seed: bool = False,
+            interval: str = "t") -> "pd.DataFrame":
+    """The stored results under ``out`` as a tidy DataFrame with the columns of ``bench results
+    --format csv``: one row per configuration group, method and metric (and setting) with the
+    mean over seeds, its 95% ``interval`` (t or bootstrap), the paired difference to gap-fc,
+    Holm-corrected p and verdict; with ``per_seed``, one row per method, metric and seed."""
+    from bench.report.collect import configuration_groups, read_store
+    from bench.report.results import per_seed_frame, summary_frame
+    from bench.report.stats import check_interval
+
+    check_interval(interval)
+    load_all()  # method order and plugin methods, as in the report
+    records, runs, _, _ = read_store(Path(out))
+    if per_seed:
+        return per_seed_frame(records)
+    return summary_frame(configuration_groups(records, runs), interval)
+
+
+def compare(out: str | Path = "reports", metric: str = "top1",
+            interval: str = "t") -> "pd.DataFrame":
+    """The verdict table of one stored ``metric``: per configuration group and method, the mean
+    with its interval and, against gap-fc (paired by seed), the difference with its interval,
+    the p-value, its Holm correction and the verdict (gap-fc's row reads ``reference``)."""
+    frame = results(out, interval=interval)
+    if metric not in set(frame["metric"]):
+        stored = ", ".join(dict.fromkeys(frame["metric"])) or "none"
+        raise BenchError(f"metric {metric!r} is not stored under {out}; stored: {stored}",
+                         "metric")
+    return frame[frame["metric"] == metric].reset_index(drop=True)

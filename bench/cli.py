@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from bench.errors import BenchError
-from bench.plugins import load_all
+from bench.plugins import PLUGINS_ENV, load_all, origin
 from bench.registry import BACKBONES, DATASETS, METHODS, PRESETS, TASKS, format_value, split_specs
 
 
@@ -124,7 +124,7 @@ def suite_settings(args: argparse.Namespace) -> dict:
                 maps_images=args.maps_images,
                 executor=args.executor, ray_address=args.ray_address,
                 max_retries=args.max_retries, ray_cpus=args.ray_cpus, ray_gpus=args.ray_gpus,
-                **{name: getattr(args, name) for name in RECIPE_FLAGS})
+                plugins=args.plugin, **{name: getattr(args, name) for name in RECIPE_FLAGS})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -204,7 +204,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             # written as a user types them: true/false, lists as a+b, an empty default as none
             options = ", ".join(f"{k}={format_value(v) or 'none'}" for k, v in entry.defaults.items())
             aliases = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
-            print(f"  {entry.name:<16} {entry.description}{aliases}")
+            plugin = origin(registry.kind, entry.name)
+            source = f" [plugin: {plugin.label}]" if plugin else ""
+            print(f"  {entry.name:<16} {entry.description}{aliases}{source}")
             if options and registry is not PRESETS:
                 print(f"  {'':<16} options: {options}")
             if registry is METHODS:
@@ -363,6 +365,10 @@ def build_parser() -> Parser:
     p.add_argument("--methods", nargs="+", default=None, metavar="SPEC",
                    help="gate only these methods' records (default: the methods in the store)")
     p.set_defaults(func=cmd_check)
+    for command in sub.choices.values():
+        command.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                             help="import MODULE as a plugin (repeatable; also the "
+                                  f"comma-separated {PLUGINS_ENV}), here and in every worker")
     return parser
 
 
@@ -390,6 +396,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         load_all()
         args = build_parser().parse_args(argv)
+        load_all(args.plugin)
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except BenchError as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import abc
 import multiprocessing as mp
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -15,6 +16,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from typing import Any, Callable, Optional
 
 import torch
+
+from bench.errors import BenchError
 
 Done = tuple[Any, Any, Optional[str]]  # (handle, result, error text or None)
 
@@ -73,15 +76,16 @@ def _exit_with(parent: int) -> None:
     os._exit(1)
 
 
-def worker_setup(threads: int, counter: Any, parent: int) -> None:
-    """A local worker process: never opens the store, registries loaded, its thread count, on a
-    machine with several GPUs one GPU of its own (round robin), and it ends with its driver."""
+def worker_setup(threads: int, counter: Any, parent: int, plugins: tuple[str, ...] = ()) -> None:
+    """A local worker process: never opens the store, registries loaded (with the driver's
+    ``plugins`` modules), its thread count, on a machine with several GPUs one GPU of its own
+    (round robin), and it ends with its driver."""
     from bench.plugins import load_all
     from bench.store import WORKER_ENV
 
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     os.environ[WORKER_ENV] = "1"
-    load_all()
+    load_all(plugins)
     torch.set_num_threads(threads)
     with counter.get_lock():
         index = counter.value
@@ -90,14 +94,29 @@ def worker_setup(threads: int, counter: Any, parent: int) -> None:
         torch.cuda.set_device(index % torch.cuda.device_count())
 
 
-class Processes(Executor):
-    """``jobs`` local worker processes (spawned: no state shared with the driver)."""
+def check_spawnable() -> None:
+    """Refuse, before any worker starts, a main program that spawned processes cannot re-import:
+    one read from standard input (``python - < script.py``) names a ``__file__`` that is no file,
+    and every worker would die while starting."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(getattr(main, "__spec__", None), "name", None) is None and path is not None \
+            and not os.path.isfile(path):
+        raise BenchError(f"jobs: worker processes cannot start from this program: its main module "
+                         f"{path!r} is not a file they can import (standard input?); run it as a "
+                         f"script file, a module or a notebook, or with jobs=1", "jobs")
 
-    def __init__(self, jobs: int, threads: int) -> None:
+
+class Processes(Executor):
+    """``jobs`` local worker processes (spawned: no state shared with the driver), each importing
+    the ``plugins`` modules."""
+
+    def __init__(self, jobs: int, threads: int, plugins: tuple[str, ...] = ()) -> None:
         context = mp.get_context("spawn")
         self.slots = jobs
         self.pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=worker_setup,
-                                        initargs=(threads, context.Value("i", 0), os.getpid()))
+                                        initargs=(threads, context.Value("i", 0), os.getpid(),
+                                                  tuple(plugins)))
         self.futures: set[Future] = set()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:

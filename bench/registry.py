@@ -52,6 +52,10 @@ class Entry:
     resolve: Optional[Resolver] = None
 
 
+class DuplicateName(ValueError):
+    """A name (or alias) registered twice: an entry is never silently replaced."""
+
+
 class Registry:
     """A name -> Entry table for one kind of thing ("method", "backbone", ...)."""
 
@@ -77,8 +81,9 @@ class Registry:
             order: int = 1000, search: Optional[dict[str, Any]] = None,
             resolve: Optional[Resolver] = None, **defaults: Any) -> Entry:
         key = normalize_name(name)
-        if key in self._entries:
-            raise ValueError(f"{self.kind} {key!r} is registered twice")
+        taken = [n for n in (key, *map(normalize_name, aliases)) if n in self]
+        if taken:
+            raise DuplicateName(f"{self.kind} {taken[0]!r} is already registered")
         unknown = sorted(set(search or {}) - set(defaults) - RECIPE_SEARCHABLE)
         if unknown:
             raise ValueError(f"{self.kind} {key!r}: search space names {unknown}, which are not "
@@ -92,6 +97,12 @@ class Registry:
         for alias in aliases:
             self._aliases[normalize_name(alias)] = key
         return entry
+
+    def remove(self, name: str) -> None:
+        """Unregister an entry and its aliases (a plugin that failed half-way is rolled back)."""
+        key = normalize_name(name)
+        self._entries.pop(key, None)
+        self._aliases = {a: k for a, k in self._aliases.items() if k != key}
 
     def get(self, name: str) -> Entry:
         key = normalize_name(name)

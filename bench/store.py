@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterator, Optional
 from bench.errors import BenchError
 from bench.tasks.base import TaskResult
 
-SCHEMA_VERSION = 3  # 2: runs.owner and train_seconds, task_runs.seconds; 3: studies and trials
+SCHEMA_VERSION = 4  # 2: runs.owner and train_seconds, task_runs.seconds; 3: studies and trials;
+# 4: runs.plugins
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
@@ -45,7 +46,9 @@ CREATE TABLE IF NOT EXISTS runs (
     ended TEXT,
     torch_version TEXT NOT NULL,
     device TEXT NOT NULL,
-    git_commit TEXT NOT NULL
+    git_commit TEXT NOT NULL,
+    plugins TEXT                   -- JSON: [{module, distribution, version}] of the code outside
+                                   -- bench that registered the run's entries (plugins)
 );
 CREATE TABLE IF NOT EXISTS task_runs (
     run_id INTEGER NOT NULL REFERENCES runs(id),
@@ -267,6 +270,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _add_columns(("runs", "owner", "TEXT"), ("runs", "train_seconds", "REAL"),
                     ("task_runs", "seconds", "REAL")),
     2: _add_columns(),  # the studies and trials tables
+    3: _add_columns(("runs", "plugins", "TEXT")),
 }
 
 
@@ -385,8 +389,10 @@ class Store:
     # -- runs ---------------------------------------------------------------------------------
     def start_run(self, config: dict[str, Any], *, method: str, method_name: str,
                   options: dict[str, Any], backbone: str, dataset: str, seed: int, preset: str,
-                  device: str, torch_version: str) -> int:
-        """The id of the run with this configuration, created if new (status ``pending``)."""
+                  device: str, torch_version: str,
+                  plugins: Optional[list[dict[str, Any]]] = None) -> int:
+        """The id of the run with this configuration, created if new (status ``pending``);
+        ``plugins``: the plugins whose entries it uses (``bench.plugins.provenance``)."""
         digest = config_hash(config)
         with self.transaction() as db:
             row = db.execute("SELECT id FROM runs WHERE config_hash = ?", (digest,)).fetchone()
@@ -394,16 +400,18 @@ class Store:
                 return int(row["id"])
             cur = db.execute(
                 "INSERT INTO runs (config_hash, method, method_name, options, backbone, dataset, "
-                "seed, preset, config, status, started, torch_version, device, git_commit) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                "seed, preset, config, status, started, torch_version, device, git_commit, "
+                "plugins) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
                 (digest, method, method_name, json.dumps(options, sort_keys=True, default=str),
                  backbone, dataset, seed, preset, json.dumps(config, sort_keys=True, default=str),
-                 now(), torch_version, device, git_commit()))
+                 now(), torch_version, device, git_commit(), json.dumps(plugins or [])))
             return int(cur.lastrowid)
 
-    def claim(self, run_id: int, owner: str, device: str) -> Optional[str]:
+    def claim(self, run_id: int, owner: str, device: str,
+              plugins: Optional[list[dict[str, Any]]] = None) -> Optional[str]:
         """Mark the run ``running`` by ``owner``, unless another live process holds it: then
-        return that holder (its claim is taken over once that process is gone)."""
+        return that holder (its claim is taken over once that process is gone). The code that
+        computes it now (git commit, ``plugins``) replaces what was recorded before."""
         with self.transaction() as db:
             row = db.execute("SELECT status, owner FROM runs WHERE id = ?", (run_id,)).fetchone()
             holder = row["owner"]
@@ -411,7 +419,8 @@ class Store:
                     and owner_alive(holder)):
                 return holder
             db.execute("UPDATE runs SET status = 'running', reason = NULL, owner = ?, device = ?, "
-                       "git_commit = ? WHERE id = ?", (owner, device, git_commit(), run_id))
+                       "git_commit = ?, plugins = ? WHERE id = ?",
+                       (owner, device, git_commit(), json.dumps(plugins or []), run_id))
             return None
 
     def run_hash(self, run_id: int) -> str:

@@ -31,9 +31,9 @@ from bench.distributed import Dist, barrier, broadcast, init_from_env, local_dev
 from bench.errors import RunFailed
 from bench.executors import Executor, InProcess, Processes
 from bench.methods.base import MethodNet
-from bench.plugins import load_all
+from bench.plugins import load_all, provenance
 from bench.presets import Recipe
-from bench.registry import DATASETS, TASKS, Spec
+from bench.registry import BACKBONES, DATASETS, METHODS, PRESETS, TASKS, Registry, Spec
 from bench.store import Store, owner_token
 from bench.tasks.base import RunContext, TaskResult, task_key
 from bench.train import train
@@ -63,10 +63,18 @@ class SuiteConfig:
     ray: Optional[Any] = None  # bench.ray_executor.RayOptions when executor == "ray"
     tuning: Optional[dict[str, Any]] = None  # the protocol that chose this recipe (bench tune)
     threads: int = 1  # torch CPU threads per run (resolved by the caller: part of a CPU run's identity)
+    plugins: tuple[str, ...] = ()  # modules every worker imports (bench.plugins.worker_modules)
 
     @property
     def store_path(self) -> Path:
         return self.out_dir / STORE_NAME
+
+    def entries(self, method: Optional[Spec] = None) -> list[tuple[Registry, str]]:
+        """The registered entries a run of ``method`` (default: of every method) uses."""
+        methods = self.methods if method is None else [method]
+        return ([(METHODS, m.name) for m in methods] + [(TASKS, t.name) for t in self.tasks]
+                + [(BACKBONES, self.backbone.name), (DATASETS, self.dataset.name),
+                   (PRESETS, self.preset)])
 
     @property
     def execution(self) -> dict[str, Any]:
@@ -157,18 +165,19 @@ def prepare_data(cfg: SuiteConfig) -> DataBundle:
 # -- planning and recording: the driver, the store's only writer ----------------------------------
 def plan_run(cfg: SuiteConfig, store: Store, method: Spec, seed: int) -> RunPlan:
     """The run's row (created if new) and the tasks it still needs."""
+    plugins = provenance(cfg.entries(method))
     run_id = store.start_run(run_config(cfg, method, seed), method=str(method),
                              method_name=method.name, options=method.kwargs,
                              backbone=str(cfg.backbone), dataset=str(cfg.dataset), seed=seed,
                              preset=cfg.preset, device=str(cfg.device),
-                             torch_version=torch.__version__)
+                             torch_version=torch.__version__, plugins=plugins)
     tasks = [t for t in cfg.tasks if TASKS.get(t.name).obj.per_seed or seed == 0]
     done = {"complete", "skipped"} | (set() if cfg.retry_failed else {"failed"})
     pending = [t for t in tasks if store.task_status(run_id, task_key(t)) not in done]
     plan = RunPlan(method, seed, run_id, checkpoint_path(cfg.out_dir, store.run_hash(run_id)),
                    [task_key(t) for t in tasks], pending)
     if pending:
-        plan.holder = store.claim(run_id, OWNER, str(cfg.device))
+        plan.holder = store.claim(run_id, OWNER, str(cfg.device), plugins)
         if plan.holder:
             plan.pending = []
     return plan
@@ -352,7 +361,7 @@ class RemoteRun:
 def remote_run(cfg: SuiteConfig, plan: RunPlan, checkpoint: Optional[bytes]) -> RemoteRun:
     """Execute one planned run in a worker, in a scratch directory of its own (it shares no disk
     with the driver), and return the results, the new checkpoint and the files written."""
-    load_all()
+    load_all(cfg.plugins)
     torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="bench-run-"))
@@ -412,7 +421,7 @@ def make_executor(cfg: SuiteConfig) -> Executor:
         from bench.ray_executor import RayCluster
 
         return RayCluster(cfg)
-    return Processes(cfg.jobs, cfg.threads) if cfg.jobs > 1 else InProcess()
+    return Processes(cfg.jobs, cfg.threads, cfg.plugins) if cfg.jobs > 1 else InProcess()
 
 
 def run_remote(cfg: SuiteConfig, executor: Executor) -> list[RunOutcome]:

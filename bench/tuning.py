@@ -157,7 +157,7 @@ def remote_trial(cfg: Any, plan: TrialPlan) -> TrialResult:
     from bench.suite import cached_data, seed_everything
     from bench.train import train
 
-    load_all()
+    load_all(cfg.plugins)
     torch.set_num_threads(cfg.threads)
     data = cached_data(cfg)
     if data.holdout is None:

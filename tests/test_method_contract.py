@@ -1,8 +1,7 @@
 """The contract every registered method fulfils (a new method file is checked here without any
-test of its own): it builds on CIFAR and ImageNet backbones and on the meta device, its training
-step gives a finite loss equal to the sum of its terms, its maps are (B, h, w), its deployed
-network predicts what the training network predicts and shares its parameters. The example of
-docs/adding-a-method.md is executed and must fulfil the contract too."""
+test of its own), asserted by the public ``bench.testing.check_method`` that plugins' tests call
+too. The example of docs/adding-a-method.md is executed and must fulfil the contract too; and the
+check itself fails on methods that break each clause."""
 from __future__ import annotations
 
 import re
@@ -11,42 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import bench
-from bench.methods.base import Batch, MethodNet
+from bench.methods.base import MethodNet, StepOutput
 from bench.registry import METHODS
+from bench.testing import check_method
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "adding-a-method.md"
 
 
-def check_contract(name: str, backbone: str) -> None:
-    torch.manual_seed(0)
-    model = bench.build_model(name, backbone, num_classes=5, in_channels=3)
-    assert isinstance(model, MethodNet)
-    size = 32 if backbone.startswith("resnet8") else 64
-    x, y = torch.randn(4, 3, size, size), torch.tensor([0, 1, 2, 3])
-    model.train()
-    out = model.training_loss(Batch(x, y))
-    assert out.logits.shape == (4, 5) and torch.isfinite(out.loss)
-    assert out.loss.item() == pytest.approx(sum(v.item() for v in out.terms.values()), rel=1e-5)
-    out.loss.backward()
-    model.eval()
-    deployed = model.deploy().eval()
-    own = {id(p) for p in model.parameters()}
-    assert all(id(p) in own for p in deployed.parameters())
-    with torch.no_grad():
-        assert torch.allclose(model(x), deployed(x), atol=1e-5)
-    with torch.enable_grad():
-        maps = model.localization_maps(x, y)
-    assert maps.dim() == 3 and maps.shape[0] == 4 and torch.isfinite(maps).all()
-    with torch.device("meta"):
-        bench.build_model(name, backbone, num_classes=5)
-
-
-@pytest.mark.parametrize("backbone", ["resnet8", "resnet18"])
 @pytest.mark.parametrize("name", METHODS.names())
-def test_registered_method_fulfils_the_contract(name, backbone):
-    check_contract(name, backbone)
+def test_registered_method_fulfils_the_contract(name):
+    check_method(name)
 
 
 def test_the_documented_example_is_a_working_method():
@@ -55,9 +31,42 @@ def test_the_documented_example_is_a_working_method():
     try:
         exec(compile(code, str(DOC), "exec"), module.__dict__)
         assert "srm" in METHODS.names()
-        check_contract("srm", "resnet8")
+        check_method("srm", ["resnet8"])
         model = bench.build_model("srm", "resnet8", num_classes=5)
         gates = [m for m in model.modules() if type(m).__name__ == "Srm"]
         assert len(gates) == 3 and all(not g.cfc.weight.any() for g in gates)  # reset_attention
     finally:
-        METHODS._entries.pop("srm", None)
+        METHODS.remove("srm")
+
+
+class WrongTerms(MethodNet):
+    def training_loss(self, batch):
+        out = super().training_loss(batch)
+        return StepOutput(out.loss * 2, out.logits, out.terms)  # loss is not the sum of its terms
+
+
+class ExtraDeployed(MethodNet):
+    def deploy(self):
+        return nn.Sequential(self, nn.Identity(), nn.Linear(5, 5))  # unshared parameters
+
+
+class NoMaps(MethodNet):
+    def localization_maps(self, x, classes):
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("net, message", [(WrongTerms, "not the sum of its terms"),
+                                          (ExtraDeployed, "does not share"),
+                                          (NoMaps, None)])
+def test_the_check_fails_a_method_that_breaks_the_contract(net, message):
+    METHODS.add("contract-probe", lambda make_backbone, num_classes: net(make_backbone(),
+                                                                         num_classes), "probe")
+    try:
+        if message is None:  # no map is allowed: NotImplementedError
+            check_method("contract-probe", ["resnet8"])
+        else:
+            with pytest.raises(AssertionError, match=message):
+                check_method("contract-probe", ["resnet8"])
+    finally:
+        METHODS.remove("contract-probe")
+    assert "contract-probe" not in METHODS and torch.get_num_threads() >= 1

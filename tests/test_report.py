@@ -18,6 +18,7 @@ from bench.registry import METHODS
 from bench.report import write_report
 from bench.report.collect import BASELINE_COLOUR, load, method_order, method_palette
 from bench.report.figures import Plotter, accuracy_vs_cost
+from bench.report.results import summary_frame
 from bench.report.stats import estimate
 from bench.report.tables import describe_extras
 from bench.store import Store
@@ -172,7 +173,8 @@ def test_accuracy_vs_cost_points_are_labelled(report, monkeypatch):
     kept = []
     monkeypatch.setattr(Plotter, "save", lambda self, fig, *args: kept.append(fig))
     group = load(out).groups[0]
-    accuracy_vs_cost(group, Plotter(out / "figures", method_palette(METHOD_ORDER)))
+    accuracy_vs_cost(group, summary_frame([group]),
+                     Plotter(out / "figures", method_palette(METHOD_ORDER)))
     gmacs, step = kept[0].axes[:2]  # the legend is the figure's, not an axes
     labels = {t.get_text(): t.xy for t in gmacs.texts}
     assert set(labels) == set(METHOD_ORDER)

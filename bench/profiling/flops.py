@@ -207,7 +207,7 @@ def _jit_handle(name: str, rule: Rule) -> Callable[[list, list], Counter]:
     return handle
 
 
-def _import_fvcore():
+def import_fvcore():
     """fvcore's FlopCountAnalysis (its import scripts a function, which torch deprecates)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
@@ -218,7 +218,7 @@ def _import_fvcore():
 
 def count_traced(model: nn.Module, x: torch.Tensor) -> TracedCount:
     """fvcore counts of ``model(x)`` (traced once), with and without the rule table, in MACs."""
-    FlopCountAnalysis = _import_fvcore()
+    FlopCountAnalysis = import_fvcore()
     analysis = FlopCountAnalysis(model, x)
     analysis.set_op_handle(**{f"aten::{name}{suffix}": _jit_handle(name, rule)
                               for name, rule in ADDED_RULES.items() for suffix in ("", "_")})

@@ -18,6 +18,7 @@ from bench.report.headline import headline_section
 from bench.report.html import MIME, render_html
 from bench.report.maps import maps_blocks
 from bench.report.markdown import render_markdown
+from bench.report.results import summary_frame
 from bench.report.tables import group_tables
 from bench.report.tuning import tuning_section
 
@@ -123,7 +124,7 @@ def group_section(group: Group, data: ReportData, plot: Plotter, interval: str) 
     timing = time_spent_table(group)
     if timing is not None:
         blocks.append(timing)
-    blocks += group_figures(group, plot)
+    blocks += group_figures(group, summary_frame([group], interval), plot)
     blocks += maps_blocks(group, plot)
     blocks += artifact_images(group, data.out_dir)
     return Section(group.label, group.slug, blocks, group.methods)

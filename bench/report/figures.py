@@ -1,8 +1,10 @@
 """The report's figures (seaborn on matplotlib's object API, no pyplot state), each written as PNG
 and SVG under ``figures/``: accuracy against cost (GMACs and training-step cost), training-step
-cost, latency, WSOL metrics and the per-epoch training curves. Error bars are the 95% confidence
-intervals of bench/report/stats.py (the same as in the tables); curve bands are seaborn's seeded
-bootstrap intervals. Every method keeps its palette colour and its place in the order."""
+cost, latency, WSOL metrics and the per-epoch training curves. Means and error bars are read from
+the group's summary frame (``bench.report.results.summary_frame``, what ``bench.results`` and
+``bench results --format csv`` give), so figures, tables and notebooks show one set of numbers;
+curve bands are seaborn's seeded bootstrap intervals. Every method keeps its palette colour and its
+place in the order."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +21,6 @@ from matplotlib.ticker import MaxNLocator
 
 from bench.metrics import METRICS
 from bench.report.collect import BASELINE, Group
-from bench.report.conclusions import analyse
 from bench.report.document import Figure
 from bench.report.stats import SEED, Estimate
 
@@ -62,14 +63,24 @@ def _yerr(estimates: list[Estimate]) -> np.ndarray:
                      [e.high - e.mean if e.high is not None else 0.0 for e in estimates]])
 
 
-def _bars(ax: Axes, group: Group, metric: str, palette: dict[str, str], ylabel: str,
-          setting: str = "") -> None:
+def estimates(summary: pd.DataFrame, metric: str, setting: str = "") -> dict[str, Estimate]:
+    """Per method, the mean over seeds and its interval of one metric (and setting), read from a
+    summary frame."""
+    rows = summary[(summary["metric"] == metric) & (summary["setting"] == setting)]
+    return {r.method: Estimate(float(r.mean), int(r.n),
+                               None if pd.isna(r.ci_low) else float(r.ci_low),
+                               None if pd.isna(r.ci_high) else float(r.ci_high))
+            for r in rows.itertuples() if not pd.isna(r.mean)}
+
+
+def _bars(ax: Axes, group: Group, summary: pd.DataFrame, metric: str, palette: dict[str, str],
+          ylabel: str, setting: str = "") -> None:
     """One bar per method: the mean over seeds, with its 95% interval when there are several."""
-    result = analyse(group.records, group.methods, metric, setting)
-    order = [m for m in group.methods if m in result.estimates]
-    estimates = [result.estimates[m] for m in order]
-    ax.bar(order, [e.mean for e in estimates], color=[palette[m] for m in order])
-    ax.errorbar(order, [e.mean for e in estimates], yerr=_yerr(estimates), fmt="none",
+    found = estimates(summary, metric, setting)
+    order = [m for m in group.methods if m in found]
+    means = [found[m] for m in order]
+    ax.bar(order, [e.mean for e in means], color=[palette[m] for m in order])
+    ax.errorbar(order, [e.mean for e in means], yerr=_yerr(means), fmt="none",
                 ecolor="#222222", capsize=3, linewidth=1)
     ax.set_xlabel("")
     ax.set_ylabel(ylabel)
@@ -83,10 +94,10 @@ def _metric(group: Group, metric: str) -> pd.DataFrame:
     return rows.dropna(subset=["value"])
 
 
-def accuracy_vs_cost(group: Group, plot: Plotter) -> Optional[Figure]:
+def accuracy_vs_cost(group: Group, summary: pd.DataFrame, plot: Plotter) -> Optional[Figure]:
     """Top-1 (mean with its 95% interval) against deployed GMACs and against the training-step
     cost: one labelled point per method and panel."""
-    top1 = analyse(group.records, group.methods, "top1").estimates
+    top1 = estimates(summary, "top1")
     gmacs = "gmacs_all" if len(_metric(group, "gmacs_all")) else "gmacs"
     panels = [(metric, label) for metric, label in (
         (gmacs, "GMACs of the deployed network (" + ("incl. element-wise ops)" if gmacs == "gmacs_all"
@@ -96,7 +107,7 @@ def accuracy_vs_cost(group: Group, plot: Plotter) -> Optional[Figure]:
         return None
     fig, axes = plot.new(ncols=len(panels), width=5.2 * len(panels) + 1.6)
     for ax, (metric, xlabel) in zip(np.atleast_1d(axes), panels):
-        cost = analyse(group.records, group.methods, metric).estimates
+        cost = estimates(summary, metric)
         methods = [m for m in group.methods if m in top1 and m in cost]
         for method in methods:
             x, y = cost[method].mean, top1[method]
@@ -113,7 +124,7 @@ def accuracy_vs_cost(group: Group, plot: Plotter) -> Optional[Figure]:
                      "one labelled point per method.")
 
 
-def training_step(group: Group, plot: Plotter) -> Optional[Figure]:
+def training_step(group: Group, summary: pd.DataFrame, plot: Plotter) -> Optional[Figure]:
     """Training-step cost per method: the ratio to GAP-FC when stored, else milliseconds."""
     data = _metric(group, "train_step_ratio")
     ylabel = f"training step ({data['unit'].iloc[0]})" if len(data) else ""
@@ -123,7 +134,7 @@ def training_step(group: Group, plot: Plotter) -> Optional[Figure]:
     if not len(data):
         return None
     fig, ax = plot.new()
-    _bars(ax, group, data["metric"].iloc[0], plot.palette, ylabel)
+    _bars(ax, group, summary, data["metric"].iloc[0], plot.palette, ylabel)
     if data["metric"].iloc[0] == "train_step_ratio":
         ax.axhline(1.0, color=plot.palette.get(BASELINE, "#3a3a3a"), linewidth=0.8, linestyle="--")
     return plot.save(fig, f"{group.slug}-training-step", "Training-step cost",
@@ -131,7 +142,7 @@ def training_step(group: Group, plot: Plotter) -> Optional[Figure]:
                 "training-only methods cost here, not at inference.")
 
 
-def latency(group: Group, plot: Plotter) -> Optional[Figure]:
+def latency(group: Group, summary: pd.DataFrame, plot: Plotter) -> Optional[Figure]:
     """Inference latency of the deployed network, one panel per measured setting."""
     data = _metric(group, "latency_ms")
     if not len(data):
@@ -139,28 +150,28 @@ def latency(group: Group, plot: Plotter) -> Optional[Figure]:
     settings = list(dict.fromkeys(data["setting"]))
     fig, axes = plot.new(ncols=len(settings))
     for ax, setting in zip(np.atleast_1d(axes), settings):
-        _bars(ax, group, "latency_ms", plot.palette, f"latency ({data['unit'].iloc[0]})", setting)
+        _bars(ax, group, summary, "latency_ms", plot.palette,
+              f"latency ({data['unit'].iloc[0]})", setting)
         ax.set_title(setting)
     return plot.save(fig, f"{group.slug}-latency", "Inference latency",
                 "Latency of the deployed network (noisy on shared machines; compare within one run).")
 
 
-def wsol_bars(group: Group, plot: Plotter) -> Optional[Figure]:
+def wsol_bars(group: Group, summary: pd.DataFrame, plot: Plotter) -> Optional[Figure]:
     """Every WSOL metric side by side, one bar per method (95% intervals over seeds)."""
     columns = [c for c in METRICS.in_table("wsol") if len(_metric(group, c.name))]
     if not columns:
         return None
-    results = {c.name: analyse(group.records, group.methods, c.name) for c in columns}
-    methods = [m for m in group.methods if any(m in r.estimates for r in results.values())]
+    results = {c.name: estimates(summary, c.name) for c in columns}
+    methods = [m for m in group.methods if any(m in r for r in results.values())]
     fig, ax = plot.new(width=max(6.0, 0.25 * len(columns) * len(methods) + 2))
     width = 0.8 / max(len(methods), 1)
     for k, method in enumerate(methods):
         xs = [i - 0.4 + width * (k + 0.5) for i, c in enumerate(columns)
-              if method in results[c.name].estimates]
-        estimates = [results[c.name].estimates[method] for c in columns
-                     if method in results[c.name].estimates]
-        ax.bar(xs, [e.mean for e in estimates], width=width, color=plot.palette[method])
-        ax.errorbar(xs, [e.mean for e in estimates], yerr=_yerr(estimates), fmt="none",
+              if method in results[c.name]]
+        means = [results[c.name][method] for c in columns if method in results[c.name]]
+        ax.bar(xs, [e.mean for e in means], width=width, color=plot.palette[method])
+        ax.errorbar(xs, [e.mean for e in means], yerr=_yerr(means), fmt="none",
                     ecolor="#222222", capsize=1.5, linewidth=0.8)
     ax.set_xticks(range(len(columns)), [c.label for c in columns], rotation=20)
     ax.set_xlabel("")
@@ -170,9 +181,9 @@ def wsol_bars(group: Group, plot: Plotter) -> Optional[Figure]:
                      "WSOL metrics (%) per method, mean over seeds with 95% confidence intervals.")
 
 
-def training_curves(group: Group, plot: Plotter) -> Optional[Figure]:
+def training_curves(group: Group, summary: pd.DataFrame, plot: Plotter) -> Optional[Figure]:
     """Per-epoch training loss, training and test top-1, learning rate (mean and 95% interval
-    over seeds, seaborn's seeded bootstrap)."""
+    over seeds, seaborn's seeded bootstrap, from the stored curves rather than ``summary``)."""
     curves = group.curves.dropna(subset=["value"])
     panels = [(n, label) for n, label in CURVES if n in set(curves["name"])]
     if not panels:
@@ -198,12 +209,13 @@ def training_curves(group: Group, plot: Plotter) -> Optional[Figure]:
 FIGURES = [accuracy_vs_cost, training_step, latency, wsol_bars, training_curves]
 
 
-def group_figures(group: Group, plot: Plotter) -> list[Figure]:
-    """Every figure that the group's stored metrics allow."""
+def group_figures(group: Group, summary: pd.DataFrame, plot: Plotter) -> list[Figure]:
+    """Every figure that the group's stored metrics allow; ``summary``: the group's summary frame
+    (``bench.report.results.summary_frame``)."""
     figures = []
     with sns.axes_style("whitegrid"), mpl.rc_context(STYLE):
         for build in FIGURES:
-            figure = build(group, plot)
+            figure = build(group, summary, plot)
             if figure is not None:
                 figures.append(figure)
     return figures

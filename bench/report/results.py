@@ -56,6 +56,23 @@ def summary_rows(groups: list[Group], interval: str = "bootstrap") -> list[dict[
     return rows
 
 
+def summary_frame(groups: list[Group], interval: str = "bootstrap") -> pd.DataFrame:
+    """``summary_rows`` as a tidy frame with the columns of ``bench results --format csv``."""
+    return frame_of(summary_rows(groups, interval))
+
+
+def frame_of(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Summary rows as a frame of the ``SUMMARY_FIELDS`` columns."""
+    return pd.DataFrame(rows, columns=SUMMARY_FIELDS)
+
+
+def per_seed_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """The stored records, one row per metric and seed, with the columns of ``bench results
+    --per-seed --format csv``."""
+    frame = pd.DataFrame(records) if records else pd.DataFrame(columns=RECORD_FIELDS)
+    return frame[[c for c in RECORD_FIELDS + ["preset", "run_id"] if c in frame]]
+
+
 def aggregate_rows(groups: list[Group], name: str = "iqm") -> list[dict[str, Any]]:
     """Across the groups (datasets, backbones, recipes) that share methods: per directional
     headline metric and method, the aggregate over groups and the probability of improvement
@@ -102,7 +119,7 @@ def render(groups: list[Group], fmt_name: str, interval: str = "bootstrap",
     if fmt_name == "json":
         return json.dumps({"summary": rows, "aggregates": aggregates}, indent=2, default=str)
     if fmt_name == "csv":
-        text = pd.DataFrame(rows, columns=SUMMARY_FIELDS).to_csv(index=False)
+        text = frame_of(rows).to_csv(index=False)
         if aggregates:
             text += "\n" + pd.DataFrame(aggregates).to_csv(index=False)
         return text
@@ -145,13 +162,12 @@ def _per_seed(records: list[dict[str, Any]], fmt_name: str) -> str:
     if fmt_name == "json":
         return json.dumps([{k: r[k] for k in keep if k in r} for r in records], indent=2,
                           default=str)
-    frame = pd.DataFrame(records) if records else pd.DataFrame(columns=RECORD_FIELDS)
-    columns = [c for c in RECORD_FIELDS + ["preset", "run_id"] if c in frame]
+    frame = per_seed_frame(records)
     if fmt_name == "csv":
-        return frame[columns].to_csv(index=False)
+        return frame.to_csv(index=False)
     if frame.empty:
         return "no results stored yet"
-    return tabulate(frame[columns], headers="keys", tablefmt="github", showindex=False,
+    return tabulate(frame, headers="keys", tablefmt="github", showindex=False,
                     disable_numparse=True)
 
 
