@@ -137,11 +137,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def print_suite(result) -> int:
-    """The summary table, where the time went, and where the store and report are."""
+    """The summary table, where the time went, where the store and report are, and last one
+    ``FAILED`` line per failed run. Exit code 0 when every failure is a run's own (stored, and
+    final); 1 when a failure of the infrastructure (a worker that died) is left for a rerun."""
     from bench.report.results import summary_table
+    from bench.store import INFRASTRUCTURE
 
-    for o in result.failed:
-        print(f"FAILED {o.method} seed {o.seed}: {o.reason}", file=sys.stderr)
+    for o in result.outcomes:
+        if o.notice:
+            print(f"notice: {o.notice}", file=sys.stderr)
     if result.outcomes and all(o.status == "skipped" for o in result.outcomes):
         print(f"nothing to do: all {len(result.outcomes)} runs are already in the store")
     claimed = [o for o in result.outcomes if o.reason.startswith("claimed by")]
@@ -153,7 +157,13 @@ def print_suite(result) -> int:
     print(f"\n{time_line(result.times)}")
     print(f"store: {result.store}")
     print(f"report: {result.report.html}")
-    return 1 if result.failed else 0
+    for o in result.failed:
+        kind = ("infrastructure: a plain rerun retries it" if o.failure == INFRASTRUCTURE
+                else "the run's own failure: --retry-failed reruns it")
+        earlier = " (stored earlier)" if o.status == "skipped" else ""
+        print(f"FAILED {o.method} seed {o.seed}{earlier}: "
+              f"{o.reason.removeprefix('failed earlier: ')} ({kind})")
+    return 1 if any(o.failure == INFRASTRUCTURE for o in result.failed) else 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

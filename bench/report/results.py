@@ -166,8 +166,10 @@ def summary_table(groups: list[Group], methods: Optional[list[str]] = None,
             continue
         rows = {m: {"method": m} for m in shown}
         seeds = group.records[group.records["metric"] == "top1"].groupby("method")["seed"].nunique()
+        failed = group.runs[group.runs["status"] == "failed"].groupby("method")["seed"].nunique()
         for m in shown:
-            rows[m]["seeds"] = int(seeds[m]) if m in seeds else ""
+            rows[m]["seeds"] = (str(int(seeds[m])) if m in seeds else "0") + (
+                f" ({int(failed[m])} failed)" if m in failed else "")
         for info in METRICS.headline():
             if info.name not in set(group.records["metric"]):
                 continue
