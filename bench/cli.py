@@ -237,7 +237,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_wsol(args: argparse.Namespace) -> int:
-    import json
+    from bench.report.results import strict_json
 
     from bench.tasks.wsol import evaluate_wsol
 
@@ -245,7 +245,7 @@ def cmd_evaluate_wsol(args: argparse.Namespace) -> int:
                            multi_contour=not args.largest_contour,
                            iou_thresholds=tuple(args.iou_thresholds), mask_root=args.mask_root)
     if args.json:
-        print(json.dumps(result, indent=2, default=str))
+        print(strict_json(result))
         return 0
     rule = "largest contour" if args.largest_contour else "all contours"
     for t in args.iou_thresholds:
@@ -261,7 +261,7 @@ def cmd_evaluate_wsol(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    import json
+    from bench.report.results import strict_json
 
     from tabulate import tabulate
 
@@ -275,7 +275,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                          channels_last=args.channels_last, amp=args.amp or "none",
                          compile=args.compile, dataset=args.dataset)
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(strict_json(rows))
         return 0
     shown = [m for m in METRICS if m.task == "cost" and any(m.name in row for row in rows)]
     headers = ["method"] + [m.header() for m in shown]
