@@ -185,6 +185,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 if study.best else "no complete trial: nothing to retrain")
         print(f"{study.method}: {len(study.trials)} trials ({counts}), {epochs} epochs, "
               f"{seconds:.0f} s; {best}")
+        for line in study.interrupted:
+            print(f"notice: {line}; not counted against the budget, a rerun runs it again",
+                  file=sys.stderr)
     print()
     return print_suite(result.suite)
 
