@@ -33,6 +33,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def directory(text: str) -> Path:
+    """A directory path; an empty one is refused (it would mean the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; name a directory (e.g. reports)")
+    return Path(text)
+
+
 # Recipe fields that `run` sets from flags of the same name (None: the preset's value).
 RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "schedule", "warmup_epochs",
                 "nesterov", "cutmix", "seeds", "amp", "channels_last", "compile")
@@ -64,7 +71,7 @@ def add_suite_arguments(p: argparse.ArgumentParser) -> None:
                    help="tasks to run, with options, e.g. accuracy wsol[classic_box_rule=all] "
                         "(default: all but the opt-in ones, such as maps)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--out", type=Path, default=Path("reports"), help="store and reports directory")
+    p.add_argument("--out", type=directory, default=Path("reports"), help="store and reports directory")
     p.add_argument("--save-scoremaps", type=Path, default=None, metavar="DIR",
                    help="shorthand for wsol[save_scoremaps=DIR]: also write each run's test "
                         "score maps and metadata under DIR")
@@ -323,7 +330,7 @@ def build_parser() -> Parser:
     sub.add_parser("list", help="methods, backbones, datasets, presets and tasks").set_defaults(func=cmd_list)
     p = sub.add_parser("results", help="print stored results: means with 95%% intervals, paired "
                        "differences to gap-fc, Holm-corrected verdicts, aggregates")
-    p.add_argument("--out", type=Path, default=Path("reports"))
+    p.add_argument("--out", type=directory, default=Path("reports"))
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--interval", default="bootstrap", help="confidence interval: bootstrap or t")
     p.add_argument("--aggregate", default="iqm",
@@ -365,11 +372,11 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate_wsol)
     p = sub.add_parser("report", help="write report.md, report.html and figures/ from the store")
-    p.add_argument("--out", type=Path, default=Path("reports"), help="store and reports directory")
+    p.add_argument("--out", type=directory, default=Path("reports"), help="store and reports directory")
     p.add_argument("--interval", default="bootstrap", help="confidence interval: bootstrap or t")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("check", help="compare stored results with a baseline; exit 1 on regressions")
-    p.add_argument("--out", type=Path, default=Path("reports"), help="store directory")
+    p.add_argument("--out", type=directory, default=Path("reports"), help="store directory")
     p.add_argument("--baseline", type=Path, required=True, help="baseline JSON file")
     p.add_argument("--update", action="store_true",
                    help="write the stored results (mean and std over seeds) as the new baseline")
