@@ -4,6 +4,7 @@ bit-identical to an undisturbed run's, and a store the user cannot write is refu
 before SQLite writes anything beside it."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -19,7 +20,11 @@ import pytest
 
 import bench
 from bench.cli import main
+from bench.api import suite_config
 from bench.executors import Processes
+from bench.store import Store, owner_token
+from bench.suite import run_config
+from bench.tasks.base import TaskResult
 
 ROOT = Path(__file__).resolve().parents[1]
 # digits-clutter (a registered dataset, so that spawned workers find it) at a quarter of its size
@@ -209,3 +214,81 @@ def test_a_store_the_user_cannot_write(shared_dir, capsys):
     report = as_nobody("report", "--out", str(out), cwd=out)
     assert report.returncode == 0, report.stderr
     assert store.read_bytes() == before
+
+
+TOY = dict(dataset="toy-quadrants", backbone="resnet8", epochs=1, seeds=1, progress=False,
+           threads=1, tasks=["accuracy"])
+TOY_ARGS = ["--dataset", "toy-quadrants", "--backbone", "resnet8", "--epochs", "1", "--seeds", "1",
+            "--tasks", "accuracy", "--threads", "1", "--jobs", "1", "--no-progress"]
+
+
+def strict_loads(text: str):
+    def refuse(name: str):
+        raise ValueError(f"not JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_failed_runs_are_data_for_every_command(tmp_path, capsys):
+    """A store with a NaN-diverged run (a group of failed runs only), a failed task beside a
+    complete one, and a group whose only run was interrupted before any task: every command
+    reads it, shows the failures with their reasons, and exits 0."""
+    good = bench.run(["gap-fc"], out=tmp_path, report=False, **(TOY | {"tasks": ["accuracy",
+                                                                                "cost"]}))
+    nan = bench.run(["simam"], out=tmp_path, report=False, **(TOY | {"lr": 1e6}))
+    assert nan.outcomes[0].status == "failed" and nan.outcomes[0].failure == "run"
+    diverged = nan.outcomes[0].reason
+    assert diverged.startswith(("loss became nan", "loss diverged"))
+    store = Store(tmp_path / "results.sqlite")
+    store.record_task(good.outcomes[0].run_id, "cost", TaskResult(), "failed",
+                      "RuntimeError: profiler crashed (at profile.py:1)")
+    store.end_run(good.outcomes[0].run_id, "failed", "RuntimeError: profiler crashed "
+                  "(at profile.py:1)", failure="run")
+    cfg = suite_config(["gap-fc"], out=tmp_path, **(TOY | {"epochs": 4}))
+    empty = store.start_run(run_config(cfg, cfg.methods[0], 0), method="gap-fc",
+                            method_name="gap-fc", options={}, backbone="resnet8",
+                            dataset="toy-quadrants", seed=0, preset="quick", device="cpu",
+                            torch_version="x")
+    assert store.claim(empty, owner_token(), "cpu").holder is None
+    assert store.release_claims(owner_token(), "interrupted (Ctrl-C) before it finished") == 1
+    store.close()
+
+    assert main(["results", "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert f"simam seed 0: {diverged} (run failure)" in table
+    assert "gap-fc seed 0: interrupted (Ctrl-C) before it finished (infrastructure failure)" in table
+    assert main(["results", "--out", str(tmp_path), "--format", "csv"]) == 0
+    assert "simam" not in capsys.readouterr().out  # no metrics: no rows
+    assert main(["results", "--out", str(tmp_path), "--format", "json"]) == 0
+    summary = strict_loads(capsys.readouterr().out)
+    assert sorted((f["method"], f["failure"]) for f in summary["failed_runs"]) == [
+        ("gap-fc", "infrastructure"), ("gap-fc", "run"), ("simam", "run")]
+    assert {r["metric"] for r in summary["summary"]} >= {"top1", "top5", "test_loss"}
+    assert main(["results", "--out", str(tmp_path), "--format", "json", "--per-seed"]) == 0
+    assert len(strict_loads(capsys.readouterr().out)) == 5  # gap-fc's accuracy metrics
+
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    markdown = (tmp_path / "report.md").read_text()
+    assert markdown.count("### Failed runs") == 3  # one per group
+    assert f"| simam | 0 | (run) | failed | {diverged} | the run's own" in markdown
+    assert "| gap-fc | 0 | cost | failed | RuntimeError: profiler crashed (at profile.py:1) |" \
+        in markdown
+    assert ("| gap-fc | 0 | (run) | failed | interrupted (Ctrl-C) before it finished | "
+            "infrastructure (a plain rerun retries it) |") in markdown
+
+    baseline = tmp_path / "baseline.json"
+    assert main(["check", "--out", str(tmp_path), "--baseline", str(baseline), "--update"]) == 0
+    assert main(["check", "--out", str(tmp_path), "--baseline", str(baseline)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("check passed: ")
+
+    ended = sqlite3.connect(tmp_path / "results.sqlite").execute(
+        "SELECT id, ended FROM runs ORDER BY id").fetchall()
+    assert main(["run", "--methods", "simam", "--lr", "1e6", "--out", str(tmp_path),
+                 *TOY_ARGS]) == 0  # the run's own failure, stored: final, and not the command's
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == (f"FAILED simam seed 0 (stored earlier): {diverged} (the run's "
+                                    "own failure: --retry-failed reruns it)")
+    assert "nothing to do: all 1 runs are already in the store" in out
+    assert "| simam    | 0 (1 failed) |" in out
+    assert sqlite3.connect(tmp_path / "results.sqlite").execute(
+        "SELECT id, ended FROM runs ORDER BY id").fetchall() == ended  # nothing rewritten
