@@ -306,11 +306,13 @@ def run(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, report: bool
     ``out`` (reports), ``device`` (auto), ``data_root``, ``download``, ``threads`` (CPU threads
     per run), ``retry_failed``, ``progress``; ``executor`` ``local`` (with ``jobs`` processes: 1 by
     default, None for one single-thread process per CPU core, the CLI's default) or
-    ``ray`` (each (method, seed) a task on the cluster at ``ray_address``, ``max_retries``,
-    ``ray_cpus``, ``ray_gpus``: bench/ray_executor.py); ``save_scoremaps`` and
-    ``cam_curve_interval``, shorthands for the wsol task's options; and any recipe field of the
-    preset (``epochs=3``, ``lr=0.05``, ``seeds=3``, ``cutmix=0.5``, ...). A rerun skips everything
-    already stored.
+    ``ray`` (each (method, seed) a task on the cluster at ``ray_address``, ``ray_cpus``,
+    ``ray_gpus``: bench/ray_executor.py); ``max_retries`` (2: runs again a run whose worker
+    process died, with ``jobs`` > 1 or Ray); ``save_scoremaps`` and ``cam_curve_interval``,
+    shorthands for the wsol task's options; and any recipe field of the preset (``epochs=3``,
+    ``lr=0.05``, ``seeds=3``, ``cutmix=0.5``, ...). A rerun skips everything already stored,
+    except failures of the infrastructure (a worker that died, an interrupted run): see
+    docs/store.md.
     """
     from bench.suite import run_suite
 

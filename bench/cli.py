@@ -89,7 +89,8 @@ def add_suite_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", default="auto",
                    help="ray: the cluster (HEAD:6379); auto: a running one, else start one here")
     p.add_argument("--max-retries", type=int, default=2,
-                   help="ray: retries of a run whose worker process died (default 2)")
+                   help="--jobs and ray: retries of a run whose worker process died (default 2); "
+                        "then it is stored as an infrastructure failure, which a rerun retries")
     p.add_argument("--ray-cpus", type=float, default=None,
                    help="ray: CPUs each run asks for (default: its --threads)")
     p.add_argument("--ray-gpus", type=float, default=None,
