@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import stored
 
 import bench
 from bench.cli import main
@@ -32,7 +33,6 @@ SMALL = dict(preset="smoke", dataset="digits-clutter[copies=1,eval_copies=1]", e
              tasks=["accuracy"], threads=1, progress=False)
 SMALL_ARGS = ["--preset", "smoke", "--dataset", "digits-clutter[copies=1,eval_copies=1]",
               "--epochs", "2", "--tasks", "accuracy", "--threads", "1", "--no-progress"]
-TIMING = {"train_time", "train_throughput"}
 
 
 def die_once(marker: str) -> int:
@@ -105,14 +105,6 @@ def kill_a_worker_mid_run(scratch: Path, stop: threading.Event, killed: list) ->
                 killed.append(pids[0])
             return
         time.sleep(0.05)
-
-
-def stored(out: Path) -> dict[tuple, float]:
-    db = sqlite3.connect(out / "results.sqlite")
-    rows = db.execute("SELECT r.method, r.seed, m.task, m.name, m.value FROM metrics m "
-                      "JOIN runs r ON r.id = m.run_id").fetchall()
-    db.close()
-    return {row[:4]: row[4] for row in rows if row[3] not in TIMING}
 
 
 def test_jobs_2_a_worker_killed_mid_run(tmp_path, capsys, monkeypatch):

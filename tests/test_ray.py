@@ -16,6 +16,7 @@ import torch
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is imported: loopback only
 ray = pytest.importorskip("ray")  # the [ray] extra, part of [test]
+from conftest import stored  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 import bench  # noqa: E402
@@ -26,7 +27,6 @@ from bench.suite import run_config  # noqa: E402
 
 SMOKE = dict(preset="smoke", epochs=1, tasks=["accuracy", "wsol"], progress=False, threads=1,
              report=False)
-TIMING = {"train_time", "train_throughput"}
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +43,6 @@ def cluster():
     finally:
         ray.shutdown()
         cluster.shutdown()
-
-
-def stored(out: Path) -> dict[tuple, float]:
-    db = sqlite3.connect(out / "results.sqlite")
-    rows = db.execute("SELECT r.method, r.seed, m.task, m.name, m.value FROM metrics m "
-                      "JOIN runs r ON r.id = m.run_id").fetchall()
-    db.close()
-    return {row[:4]: row[4] for row in rows if row[3] not in TIMING}
 
 
 def test_ray_stores_what_the_local_executor_stores(cluster, tmp_path):
