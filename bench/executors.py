@@ -120,7 +120,7 @@ def _worker_loop(connection: Any, threads: int, index: int, parent: int) -> None
             connection.send(("error", RuntimeError(f"{type(error).__name__}: {error}")))
 
 
-@dataclass
+@dataclass(eq=False)
 class _Piece:
     handle: Any
     fn: Callable[..., Any]
@@ -128,7 +128,7 @@ class _Piece:
     attempts: int = 0  # how many workers died running it
 
 
-@dataclass
+@dataclass(eq=False)
 class _Worker:
     process: Any
     connection: Any
@@ -156,8 +156,12 @@ class Processes(Executor):
         return _Worker(process, mine)
 
     def _dispatch(self) -> None:
-        for worker in self.workers:
+        """Hand queued pieces to idle workers (one that died while idle is replaced first)."""
+        for index, worker in enumerate(self.workers):
             if worker.piece is None and self.queue:
+                if not worker.process.is_alive():
+                    worker.connection.close()
+                    worker = self.workers[index] = self._start(index)
                 worker.piece = self.queue.popleft()
                 worker.connection.send((worker.piece.fn, worker.piece.args))
 
