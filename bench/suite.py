@@ -294,6 +294,8 @@ def execute(cfg: SuiteConfig, plan: RunPlan, data: DataBundle, sink: Optional[Si
         except RunFailed as error:
             failure = str(error)
         except Exception as error:  # the method's own failure: stored, and the suite goes on
+            if dist is not None:  # under torchrun the other ranks would wait for this one
+                raise
             failure = failure_text(error)
         train_seconds = time.perf_counter() - start if trained else None
     if sink is None:
