@@ -82,7 +82,8 @@ class SuiteResult:
 
     @property
     def failed(self) -> list["RunOutcome"]:
-        return [o for o in self.outcomes if o.status == "failed"]
+        """The runs stored as failed: now, or earlier (skipped by this invocation)."""
+        return [o for o in self.outcomes if o.failure is not None]
 
 
 # Keyword arguments of ``run`` that set one task's option: argument -> (task, option).
@@ -146,6 +147,9 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
     if executor not in EXECUTORS:
         raise BenchError(f"executor {executor!r} is not an executor; valid: "
                          f"{', '.join(EXECUTORS)}", "executor")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise BenchError(f"max_retries must be an integer >= 0, got {max_retries!r}",
+                         "max_retries")
     ray_options = None
     if executor == "ray":
         from bench.ray_executor import RayOptions, import_ray
@@ -157,13 +161,17 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
         ray_options.validate()
         import_ray()
     device = resolve_device(device)
+    if device.type == "cpu" and config.amp == "fp16":
+        raise BenchError("amp fp16 is not offered on the CPU: autocast to float16 there runs "
+                         "several times slower than float32 (7x measured on an AVX2 CPU: no fast "
+                         "fp16 kernels); use none, or device cuda", "amp")
+    runs = len(method_specs) * config.seeds
+    auto_jobs = jobs is None or executor == "ray"  # Ray: the cluster decides how many at once
     if jobs is None:  # auto (the CLI's default): on the CPU, one single-thread process per core
-        runs = len(method_specs) * config.seeds
         auto = executor == "local" and device.type == "cpu" and threads is None
         jobs = min(os.cpu_count() or 1, runs) if auto else 1
-        threads = 1 if jobs > 1 else threads
     if threads is None:  # resolved here: the thread count is part of a CPU run's identity
-        threads = max((os.cpu_count() or 1) // jobs, 1) if jobs > 1 else torch.get_num_threads()
+        threads = default_threads(jobs, auto_jobs and device.type == "cpu", runs)
     cfg = SuiteConfig(
         methods=method_specs,
         backbone=as_spec(BACKBONES, backbone or config.backbone, "backbone"),
@@ -173,7 +181,7 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
                              "cam_curve_interval": cam_curve_interval, "maps_images": maps_images}),
         out_dir=writable_dir(out), device=device, data_root=_path(data_root),
         download=download, retry_failed=retry_failed, progress=progress, jobs=jobs,
-        threads=threads, executor=executor, ray=ray_options)
+        threads=threads, executor=executor, ray=ray_options, max_retries=max_retries)
     if executor == "local" and jobs > 1:
         from bench.executors import check_spawnable
 
@@ -182,9 +190,27 @@ def suite_config(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *,
         cfg.plugins = worker_modules(cfg.entries(), remote=executor == "ray")
     for spec in method_specs:  # every option checked before the store is touched
         with torch.device("meta"):
-            build_from_specs(spec, cfg.backbone, num_classes=2)
+            try:
+                build_from_specs(spec, cfg.backbone, num_classes=2)
+            except (ValueError, IndexError, RuntimeError, TypeError) as error:
+                raise BenchError(f"methods: {spec} on backbone {cfg.backbone} cannot be built "
+                                 f"({type(error).__name__}: {error}); check their options",
+                                 "methods") from None
     Store(cfg.store_path).close()  # refuse an unusable store before any work
     return cfg
+
+
+def default_threads(jobs: int, auto_jobs: bool, runs: int) -> int:
+    """CPU threads per run when none are asked for. A run's thread count changes its numbers,
+    so on the CPU both executors follow one rule when ``jobs`` is left to bench (the CLI's
+    default; ``auto_jobs``): one thread per run when the suite has several runs and the
+    driver's machine several cores, else torch's default (all cores); the same command thus
+    gives the same runs with either executor. An explicit ``jobs`` > 1 gives each process its
+    share of the cores."""
+    cores = os.cpu_count() or 1
+    if auto_jobs:
+        return 1 if min(cores, runs) > 1 else torch.get_num_threads()
+    return max(cores // jobs, 1) if jobs > 1 else torch.get_num_threads()
 
 
 def run(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, report: bool = True,
@@ -196,12 +222,14 @@ def run(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, report: bool
     ``out`` (reports), ``device`` (auto), ``data_root``, ``download``, ``threads`` (CPU threads
     per run), ``retry_failed``, ``progress``; ``executor`` ``local`` (with ``jobs`` processes: 1 by
     default, None for one single-thread process per CPU core, the CLI's default) or
-    ``ray`` (each (method, seed) a task on the cluster at ``ray_address``, ``max_retries``,
-    ``ray_cpus``, ``ray_gpus``: bench/ray_executor.py); ``save_scoremaps`` and
-    ``cam_curve_interval``, shorthands for the wsol task's options; ``plugins``, modules to
-    import as plugins (in this process and every worker; see bench/plugins.py); and any recipe
-    field of the preset (``epochs=3``, ``lr=0.05``, ``seeds=3``, ``cutmix=0.5``, ...). A rerun
-    skips everything already stored.
+    ``ray`` (each (method, seed) a task on the cluster at ``ray_address``, ``ray_cpus``,
+    ``ray_gpus``: bench/ray_executor.py); ``max_retries`` (2: runs again a run whose worker
+    process died, with ``jobs`` > 1 or Ray); ``save_scoremaps`` and ``cam_curve_interval``,
+    shorthands for the wsol task's options; ``plugins``, modules to import as plugins (in this
+    process and every worker; see bench/plugins.py); and any recipe field of the preset
+    (``epochs=3``, ``lr=0.05``, ``seeds=3``, ``cutmix=0.5``, ...). A rerun skips everything
+    already stored, except failures of the infrastructure (a worker that died, an interrupted
+    run): see docs/store.md.
     """
     from bench.suite import run_suite
 
@@ -275,6 +303,8 @@ def writable_dir(path: str | Path, param: str = "out") -> Path:
     """``path`` created if needed and proven writable, else a BenchError naming ``param``."""
     import tempfile
 
+    if not str(path).strip():
+        raise BenchError(f"{param} is empty; name a directory (e.g. reports)", param)
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)

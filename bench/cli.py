@@ -33,6 +33,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def directory(text: str) -> Path:
+    """A directory path; an empty one is refused (it would mean the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; name a directory (e.g. reports)")
+    return Path(text)
+
+
 # Recipe fields that `run` sets from flags of the same name (None: the preset's value).
 RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "schedule", "warmup_epochs",
                 "nesterov", "cutmix", "seeds", "amp", "channels_last", "compile")
@@ -64,7 +71,7 @@ def add_suite_arguments(p: argparse.ArgumentParser) -> None:
                    help="tasks to run, with options, e.g. accuracy wsol[classic_box_rule=all] "
                         "(default: all but the opt-in ones, such as maps)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--out", type=Path, default=Path("reports"), help="store and reports directory")
+    p.add_argument("--out", type=directory, default=Path("reports"), help="store and reports directory")
     p.add_argument("--save-scoremaps", type=Path, default=None, metavar="DIR",
                    help="shorthand for wsol[save_scoremaps=DIR]: also write each run's test "
                         "score maps and metadata under DIR")
@@ -82,7 +89,8 @@ def add_suite_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", default="auto",
                    help="ray: the cluster (HEAD:6379); auto: a running one, else start one here")
     p.add_argument("--max-retries", type=int, default=2,
-                   help="ray: retries of a run whose worker process died (default 2)")
+                   help="--jobs and ray: retries of a run whose worker process died (default 2); "
+                        "then it is stored as an infrastructure failure, which a rerun retries")
     p.add_argument("--ray-cpus", type=float, default=None,
                    help="ray: CPUs each run asks for (default: its --threads)")
     p.add_argument("--ray-gpus", type=float, default=None,
@@ -137,11 +145,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def print_suite(result) -> int:
-    """The summary table, where the time went, and where the store and report are."""
+    """The summary table, where the time went, where the store and report are, and last one
+    ``FAILED`` line per failed run. Exit code 0 when every failure is a run's own (stored, and
+    final); 1 when a failure of the infrastructure (a worker that died) is left for a rerun."""
     from bench.report.results import summary_table
+    from bench.store import INFRASTRUCTURE
 
-    for o in result.failed:
-        print(f"FAILED {o.method} seed {o.seed}: {o.reason}", file=sys.stderr)
+    for o in result.outcomes:
+        if o.notice:
+            print(f"notice: {o.notice}", file=sys.stderr)
     if result.outcomes and all(o.status == "skipped" for o in result.outcomes):
         print(f"nothing to do: all {len(result.outcomes)} runs are already in the store")
     claimed = [o for o in result.outcomes if o.reason.startswith("claimed by")]
@@ -153,7 +165,13 @@ def print_suite(result) -> int:
     print(f"\n{time_line(result.times)}")
     print(f"store: {result.store}")
     print(f"report: {result.report.html}")
-    return 1 if result.failed else 0
+    for o in result.failed:
+        kind = ("infrastructure: a plain rerun retries it" if o.failure == INFRASTRUCTURE
+                else "the run's own failure: --retry-failed reruns it")
+        earlier = " (stored earlier)" if o.status == "skipped" else ""
+        print(f"FAILED {o.method} seed {o.seed}{earlier}: "
+              f"{o.reason.removeprefix('failed earlier: ')} ({kind})")
+    return 1 if any(o.failure == INFRASTRUCTURE for o in result.failed) else 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -175,6 +193,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 if study.best else "no complete trial: nothing to retrain")
         print(f"{study.method}: {len(study.trials)} trials ({counts}), {epochs} epochs, "
               f"{seconds:.0f} s; {best}")
+        for line in study.interrupted:
+            print(f"notice: {line}; not counted against the budget, a rerun runs it again",
+                  file=sys.stderr)
     print()
     return print_suite(result.suite)
 
@@ -229,7 +250,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_wsol(args: argparse.Namespace) -> int:
-    import json
+    from bench.report.results import strict_json
 
     from bench.tasks.wsol import evaluate_wsol
 
@@ -237,7 +258,7 @@ def cmd_evaluate_wsol(args: argparse.Namespace) -> int:
                            multi_contour=not args.largest_contour,
                            iou_thresholds=tuple(args.iou_thresholds), mask_root=args.mask_root)
     if args.json:
-        print(json.dumps(result, indent=2, default=str))
+        print(strict_json(result))
         return 0
     rule = "largest contour" if args.largest_contour else "all contours"
     for t in args.iou_thresholds:
@@ -253,7 +274,7 @@ def cmd_evaluate_wsol(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    import json
+    from bench.report.results import strict_json
 
     from tabulate import tabulate
 
@@ -267,7 +288,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                          channels_last=args.channels_last, amp=args.amp or "none",
                          compile=args.compile, dataset=args.dataset)
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(strict_json(rows))
         return 0
     shown = [m for m in METRICS if m.task == "cost" and any(m.name in row for row in rows)]
     headers = ["method"] + [m.header() for m in shown]
@@ -312,7 +333,7 @@ def build_parser() -> Parser:
     sub.add_parser("list", help="methods, backbones, datasets, presets and tasks").set_defaults(func=cmd_list)
     p = sub.add_parser("results", help="print stored results: means with 95%% intervals, paired "
                        "differences to gap-fc, Holm-corrected verdicts, aggregates")
-    p.add_argument("--out", type=Path, default=Path("reports"))
+    p.add_argument("--out", type=directory, default=Path("reports"))
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--interval", default="bootstrap", help="confidence interval: bootstrap or t")
     p.add_argument("--aggregate", default="iqm",
@@ -354,11 +375,11 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate_wsol)
     p = sub.add_parser("report", help="write report.md, report.html and figures/ from the store")
-    p.add_argument("--out", type=Path, default=Path("reports"), help="store and reports directory")
+    p.add_argument("--out", type=directory, default=Path("reports"), help="store and reports directory")
     p.add_argument("--interval", default="bootstrap", help="confidence interval: bootstrap or t")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("check", help="compare stored results with a baseline; exit 1 on regressions")
-    p.add_argument("--out", type=Path, default=Path("reports"), help="store directory")
+    p.add_argument("--out", type=directory, default=Path("reports"), help="store directory")
     p.add_argument("--baseline", type=Path, required=True, help="baseline JSON file")
     p.add_argument("--update", action="store_true",
                    help="write the stored results (mean and std over seeds) as the new baseline")

@@ -12,10 +12,10 @@ the same configuration hash, seeds and thread count as local runs, so on the CPU
 identical.
 
 Faults: a worker process that dies (killed, out of memory, node lost) is retried by Ray up to
-``max_retries`` times, then its run's tasks are stored as failed with the reason; a run that fails
-by itself (a NaN loss) is stored as failed by the worker's own result and not retried. Ctrl-C on
-the driver cancels the outstanding tasks; what was written stays consistent, and the driver's
-claims lapse with it, so a rerun resumes.
+``max_retries`` times, then its run's tasks are stored as failed by the infrastructure, with the
+reason (a plain rerun retries them); a run that fails by itself (a NaN loss) is stored as failed
+by the worker's own result and not retried. Ctrl-C on the driver cancels the outstanding tasks
+and marks the runs it held interrupted; what was written stays consistent, so a rerun resumes.
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from the run's input (dataset, input size, backbone), e.g. SSIA's predictor grid
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 import re
 from dataclasses import dataclass, field
@@ -195,9 +196,12 @@ def coerce_option(kind: str, name: str, key: str, text: str, default: Any) -> An
             raise BenchError(f"{where}: expected an integer") from None
     if isinstance(default, float):
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise BenchError(f"{where}: expected a number") from None
+        if not math.isfinite(value):
+            raise BenchError(f"{where}: expected a finite number")
+        return value
     if isinstance(default, tuple):
         if text.lower() == "none":  # the empty list, as `bench list` shows an empty default
             return ()
@@ -220,12 +224,16 @@ def parse_spec(registry: Registry, text: str) -> Spec:
     values = dict(entry.defaults)
     overrides: dict[str, Any] = {}
     body = match.group(2)
+    seen: set[str] = set()
     if body is not None and body.strip():
         for item in body.split(","):
             if "=" not in item:
                 raise BenchError(f"malformed option {item.strip()!r} in {text!r}: write key=value")
             key, raw = item.split("=", 1)
             key = key.strip().replace("-", "_")
+            if key in seen:
+                raise BenchError(f"option {key!r} given twice in {text!r}: give each option once")
+            seen.add(key)
             if key not in entry.defaults:
                 valid = ", ".join(entry.defaults) or "none"
                 raise BenchError(f"unknown option {key!r} for {registry.kind} {entry.name!r}; "

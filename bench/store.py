@@ -11,9 +11,12 @@ import json
 import os
 import socket
 import sqlite3
+import stat
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -21,8 +24,11 @@ from typing import Any, Callable, Iterator, Optional
 from bench.errors import BenchError
 from bench.tasks.base import TaskResult
 
-SCHEMA_VERSION = 4  # 2: runs.owner and train_seconds, task_runs.seconds; 3: studies and trials;
-# 4: runs.plugins
+SCHEMA_VERSION = 5  # 2: runs.owner and train_seconds, task_runs.seconds; 3: studies and trials;
+# 4: failure kinds (runs, task_runs) and claim heartbeats (runs, trials); 5: runs.plugins
+HEARTBEAT_SECONDS = 30.0  # how often the driver refreshes the heartbeat of the claims it holds
+STALE_AFTER_SECONDS = 600.0  # a claim whose heartbeat is older than this is taken over
+RUN, INFRASTRUCTURE = "run", "infrastructure"  # kinds of failure: final, or retried by a rerun
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
@@ -40,7 +46,9 @@ CREATE TABLE IF NOT EXISTS runs (
     config TEXT NOT NULL,          -- JSON: the full configuration that was hashed
     status TEXT NOT NULL,          -- pending | running | complete | failed
     reason TEXT,
+    failure TEXT,                  -- of a failed run: run (final) | infrastructure (retried)
     owner TEXT,                    -- host:pid:start of the process working on it (a claim)
+    heartbeat TEXT,                -- when that process last showed it still works on it
     train_seconds REAL,            -- wall time of training (NULL: loaded from a checkpoint)
     started TEXT NOT NULL,
     ended TEXT,
@@ -55,6 +63,7 @@ CREATE TABLE IF NOT EXISTS task_runs (
     task TEXT NOT NULL,
     status TEXT NOT NULL,          -- complete | failed | skipped
     reason TEXT,
+    failure TEXT,                  -- of a failed task: run (final) | infrastructure (retried)
     ended TEXT NOT NULL,
     artifacts TEXT,                -- JSON: name -> path of files the task wrote
     seconds REAL,                  -- wall time of the task
@@ -89,7 +98,7 @@ CREATE TABLE IF NOT EXISTS trials (
     study_id INTEGER NOT NULL REFERENCES studies(id),
     number INTEGER NOT NULL,
     params TEXT NOT NULL,          -- JSON: the sampled values
-    state TEXT NOT NULL,           -- running | complete | pruned | failed
+    state TEXT NOT NULL,           -- running | complete | pruned | failed | interrupted
     value REAL,                    -- the holdout score it was selected by
     curve TEXT,                    -- JSON: the holdout score after each epoch (pruning)
     epochs INTEGER,                -- epochs trained (the budget it spent)
@@ -97,6 +106,7 @@ CREATE TABLE IF NOT EXISTS trials (
     threads INTEGER,
     device TEXT,
     owner TEXT,
+    heartbeat TEXT,
     reason TEXT,
     ended TEXT,
     PRIMARY KEY (study_id, number)
@@ -138,21 +148,48 @@ def owner_token() -> str:
     return f"{socket.gethostname()}:{pid}:{_start_time(pid) or '?'}"
 
 
-def owner_alive(token: str) -> bool:
-    """Whether the process of a claim still runs. A claim from another host cannot be checked
-    and counts as alive."""
-    host, _, rest = token.partition(":")
-    pid_text, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return host != socket.gethostname()
+def _process_gone(host: str, pid_text: str, start: str) -> bool:
+    """Whether the process of a claim made on this host has ended (its pid gone, or reused by a
+    process started at another time)."""
+    if not pid_text.isdigit():
+        return True
     pid = int(pid_text)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except PermissionError:
         return True
-    return start in ("?", "") or _start_time(pid) == start
+    except PermissionError:
+        return False
+    return start not in ("?", "") and _start_time(pid) != start
+
+
+def heartbeat_age(heartbeat: Optional[str]) -> Optional[float]:
+    """Seconds since a stored heartbeat (None when none is recorded)."""
+    if not heartbeat:
+        return None
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(heartbeat)).total_seconds()
+
+
+def stale_claim(token: Optional[str], heartbeat: Optional[str] = None) -> Optional[str]:
+    """Why a claim may be taken over, or None while its holder still works on it. A claim is
+    stale when its heartbeat is older than ``STALE_AFTER_SECONDS`` (whichever host made it),
+    when it was made on this host by a process that has ended, or when it was made on another
+    host and records no heartbeat (written before heartbeats were kept)."""
+    if not token:
+        return "no process holds it"
+    host, _, rest = token.partition(":")
+    pid_text, _, start = rest.partition(":")
+    age = heartbeat_age(heartbeat)
+    if age is not None and age > STALE_AFTER_SECONDS:
+        return f"its last heartbeat is {age:.0f} s old (limit {STALE_AFTER_SECONDS:.0f} s)"
+    if host == socket.gethostname():
+        return "its process has ended" if _process_gone(host, pid_text, start) else None
+    return "it records no heartbeat" if age is None else None
+
+
+def owner_alive(token: str, heartbeat: Optional[str] = None) -> bool:
+    """Whether the holder of a claim still works on it (see ``stale_claim``)."""
+    return stale_claim(token, heartbeat) is None
 
 
 def _columns(db: sqlite3.Connection, table: str) -> set[str]:
@@ -265,16 +302,84 @@ def _add_columns(*columns: tuple[str, str, str]) -> Callable[[sqlite3.Connection
     return step
 
 
+# Reasons older stores gave the failures of a worker process rather than of the run itself.
+_INFRASTRUCTURE_REASONS = ("a worker process died", "Ray worker lost%")
+
+
+def _classify_failures(db: sqlite3.Connection) -> None:
+    """Mark the failures stored before kinds were kept: a dead worker's as infrastructure (a
+    rerun retries them), every other as the run's own (final)."""
+    match = " OR ".join("reason LIKE ?" for _ in _INFRASTRUCTURE_REASONS)
+    for table in ("runs", "task_runs"):
+        db.execute(f"UPDATE {table} SET failure = CASE WHEN {match} THEN ? ELSE ? END "
+                   f"WHERE status = 'failed'", (*_INFRASTRUCTURE_REASONS, INFRASTRUCTURE, RUN))
+
+
 # MIGRATIONS[v] upgrades a store from schema version v to v + 1, run in order by ``migrate``.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _add_columns(("runs", "owner", "TEXT"), ("runs", "train_seconds", "REAL"),
                     ("task_runs", "seconds", "REAL")),
     2: _add_columns(),  # the studies and trials tables
-    3: _add_columns(("runs", "plugins", "TEXT")),
+    3: lambda db: (_add_columns(("runs", "failure", "TEXT"), ("runs", "heartbeat", "TEXT"),
+                                ("task_runs", "failure", "TEXT"),
+                                ("trials", "heartbeat", "TEXT"))(db), _classify_failures(db)),
+    4: _add_columns(("runs", "plugins", "TEXT")),
 }
 
 
 WORKER_ENV = "BENCH_WORKER"  # set in worker processes, which must never open the store
+
+
+def check_writable(path: Path) -> None:
+    """A BenchError, before SQLite opens the store for writing, when this process may not write
+    the file or the folder SQLite keeps its ``-wal`` and ``-shm`` files in."""
+    for target, what in ((path, "the store"), (path.parent, "its folder")):
+        if target.exists() and not os.access(target, os.W_OK):
+            mode = stat.filemode(target.stat().st_mode)
+            raise BenchError(f"{path} cannot be written: {what} {target} is read-only for this "
+                             f"user (permission denied, mode {mode}); `bench results`, `report` "
+                             f"and `check` can still read it; choose another --out to run")
+
+
+@dataclass
+class Claim:
+    """The outcome of claiming a run: the live process that holds it instead (None: claimed
+    here), and a notice when a stale claim was taken over."""
+
+    holder: Optional[str] = None
+    notice: Optional[str] = None
+
+
+class Heartbeat:
+    """A thread refreshing, every ``HEARTBEAT_SECONDS``, the heartbeat of every run and trial
+    that ``owner`` holds in the store at ``path`` (its own connection), so that others can tell
+    its claims from stale ones."""
+
+    def __init__(self, path: Path, owner: str) -> None:
+        self.path, self.owner = path, owner
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="bench-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        db = sqlite3.connect(self.path.resolve().as_uri(), uri=True, timeout=60.0,
+                             isolation_level=None, check_same_thread=False)
+        try:
+            while not self.stopped.wait(HEARTBEAT_SECONDS):
+                try:
+                    stamp = now()
+                    db.execute("UPDATE runs SET heartbeat = ? WHERE owner = ? AND status = "
+                               "'running'", (stamp, self.owner))
+                    db.execute("UPDATE trials SET heartbeat = ? WHERE owner = ? AND state = "
+                               "'running'", (stamp, self.owner))
+                except sqlite3.Error:  # the store busy beyond the timeout: the next beat
+                    continue
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
 
 
 class Store:
@@ -298,7 +403,10 @@ class Store:
                                "driver writes it")
         self.path = Path(path)
         self.read_only = not create
+        self.heartbeat: Optional[Heartbeat] = None
         header = check_file(self.path, must_exist=self.read_only)
+        if create:
+            check_writable(self.path)
         try:
             if self.read_only:
                 self.db = self._open_read_only(header)
@@ -312,6 +420,8 @@ class Store:
         except sqlite3.DatabaseError as e:
             raise BenchError(f"{self.path} is not a usable results store ({e}); choose another "
                              f"--out") from None
+        if create:
+            self.heartbeat = Heartbeat(self.path, owner_token())
 
     @staticmethod
     def _connect(uri: str) -> sqlite3.Connection:
@@ -365,6 +475,8 @@ class Store:
         self.db.execute("PRAGMA journal_mode = WAL")
 
     def close(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         self.db.close()
 
     @contextmanager
@@ -408,36 +520,65 @@ class Store:
             return int(cur.lastrowid)
 
     def claim(self, run_id: int, owner: str, device: str,
-              plugins: Optional[list[dict[str, Any]]] = None) -> Optional[str]:
-        """Mark the run ``running`` by ``owner``, unless another live process holds it: then
-        return that holder (its claim is taken over once that process is gone). The code that
-        computes it now (git commit, ``plugins``) replaces what was recorded before."""
+              plugins: Optional[list[dict[str, Any]]] = None) -> Claim:
+        """Mark the run ``running`` by ``owner``, unless another process holds it and still
+        works on it (``stale_claim``): then that holder is returned. A stale claim is taken
+        over, with a notice saying whose it was and why it was stale. The code that computes it
+        now (git commit, ``plugins``) replaces what was recorded before."""
         with self.transaction() as db:
-            row = db.execute("SELECT status, owner FROM runs WHERE id = ?", (run_id,)).fetchone()
-            holder = row["owner"]
-            if (row["status"] == "running" and holder and holder != owner
-                    and owner_alive(holder)):
-                return holder
-            db.execute("UPDATE runs SET status = 'running', reason = NULL, owner = ?, device = ?, "
-                       "git_commit = ?, plugins = ? WHERE id = ?",
-                       (owner, device, git_commit(), json.dumps(plugins or []), run_id))
-            return None
+            row = db.execute("SELECT status, owner, heartbeat FROM runs WHERE id = ?",
+                             (run_id,)).fetchone()
+            holder, notice = row["owner"], None
+            if row["status"] == "running" and holder and holder != owner:
+                why = stale_claim(holder, row["heartbeat"])
+                if why is None:
+                    return Claim(holder)
+                notice = f"took over run {run_id} from the stale claim of {holder}: {why}"
+            db.execute("UPDATE runs SET status = 'running', reason = NULL, failure = NULL, "
+                       "owner = ?, heartbeat = ?, device = ?, git_commit = ?, plugins = ? "
+                       "WHERE id = ?",
+                       (owner, now(), device, git_commit(), json.dumps(plugins or []), run_id))
+            return Claim(None, notice)
+
+    def release_claims(self, owner: str, reason: str) -> int:
+        """Mark every run and trial ``owner`` still holds as failed by the infrastructure
+        (interrupted): a plain rerun retries them. Returns how many runs."""
+        with self.transaction() as db:
+            count = db.execute("UPDATE runs SET status = 'failed', failure = ?, reason = ?, "
+                               "ended = ? WHERE owner = ? AND status = 'running'",
+                               (INFRASTRUCTURE, reason, now(), owner)).rowcount
+            db.execute("UPDATE trials SET state = 'interrupted', reason = ?, ended = ? "
+                       "WHERE owner = ? AND state = 'running'", (reason, now(), owner))
+            return count
 
     def run_hash(self, run_id: int) -> str:
         return self.db.execute("SELECT config_hash FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
 
     def end_run(self, run_id: int, status: str, reason: Optional[str] = None,
-                train_seconds: Optional[float] = None) -> None:
-        """Record the run's final status (and its training time when it trained now)."""
+                train_seconds: Optional[float] = None, failure: Optional[str] = None,
+                changed_only: bool = False) -> None:
+        """Record the run's final status (and its training time when it trained now);
+        ``changed_only``: only where status, reason or failure differ from what is stored (a
+        run with nothing to do keeps the time it ended)."""
+        query = ("UPDATE runs SET status = ?, reason = ?, failure = ?, ended = ?, "
+                 "train_seconds = COALESCE(?, train_seconds) WHERE id = ?")
+        args: tuple = (status, reason, failure, now(), train_seconds, run_id)
+        if changed_only:
+            query += " AND (status IS NOT ? OR reason IS NOT ? OR failure IS NOT ?)"
+            args += (status, reason, failure)
         with self.transaction() as db:
-            db.execute("UPDATE runs SET status = ?, reason = ?, ended = ?, "
-                       "train_seconds = COALESCE(?, train_seconds) WHERE id = ?",
-                       (status, reason, now(), train_seconds, run_id))
+            db.execute(query, args)
 
     def task_status(self, run_id: int, task: str) -> Optional[str]:
         row = self.db.execute("SELECT status FROM task_runs WHERE run_id = ? AND task = ?",
                               (run_id, task)).fetchone()
         return row["status"] if row else None
+
+    def task_failure(self, run_id: int, task: str) -> Optional[str]:
+        """The kind of a failed task's failure (``RUN`` for failures stored without one)."""
+        row = self.db.execute("SELECT status, failure FROM task_runs WHERE run_id = ? AND "
+                              "task = ?", (run_id, task)).fetchone()
+        return (row["failure"] or RUN) if row and row["status"] == "failed" else None
 
     # -- tuning -------------------------------------------------------------------------------
     def start_study(self, config: dict[str, Any], method: str) -> int:
@@ -465,18 +606,26 @@ class Store:
     def claim_trial(self, study_id: int, number: int, params: dict[str, Any], owner: str,
                     device: str, threads: int) -> bool:
         """Record trial ``number`` as running by ``owner``; False when it is finished, or running
-        in another live process."""
+        in another process that still works on it. An interrupted trial is claimed again."""
         with self.transaction() as db:
-            row = db.execute("SELECT state, owner FROM trials WHERE study_id = ? AND number = ?",
-                             (study_id, number)).fetchone()
-            if row is not None and (row["state"] != "running" or (
-                    row["owner"] != owner and owner_alive(row["owner"] or ""))):
+            row = db.execute("SELECT state, owner, heartbeat FROM trials WHERE study_id = ? AND "
+                             "number = ?", (study_id, number)).fetchone()
+            if row is not None and row["state"] != "interrupted" and (
+                    row["state"] != "running" or (row["owner"] != owner and owner_alive(
+                        row["owner"], row["heartbeat"]))):
                 return False
             db.execute("INSERT OR REPLACE INTO trials (study_id, number, params, state, owner, "
-                       "device, threads) VALUES (?, ?, ?, 'running', ?, ?, ?)",
-                       (study_id, number, json.dumps(params, sort_keys=True), owner, device,
-                        threads))
+                       "heartbeat, device, threads) VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
+                       (study_id, number, json.dumps(params, sort_keys=True), owner, now(),
+                        device, threads))
             return True
+
+    def interrupt_trial(self, study_id: int, number: int, reason: str) -> None:
+        """Mark a trial whose worker died ``interrupted``: it spends no budget, and a rerun
+        runs it again."""
+        with self.transaction() as db:
+            db.execute("UPDATE trials SET state = 'interrupted', reason = ?, ended = ? "
+                       "WHERE study_id = ? AND number = ?", (reason, now(), study_id, number))
 
     def finish_trial(self, study_id: int, number: int, state: str, value: Optional[float],
                      curve: list[float], epochs: int, seconds: float,
@@ -492,12 +641,14 @@ class Store:
                               (run_id, task)).fetchone()
         return row["reason"] if row else None
 
-    def run_reason(self, run_id: int) -> Optional[str]:
-        row = self.db.execute("SELECT reason FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return row["reason"] if row else None
+    def run_failure(self, run_id: int) -> tuple[Optional[str], Optional[str]]:
+        """The stored reason and failure kind of a run."""
+        row = self.db.execute("SELECT reason, failure FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return (row["reason"], row["failure"]) if row else (None, None)
 
     def record_task(self, run_id: int, task: str, result: TaskResult, status: str = "complete",
-                    reason: Optional[str] = None, seconds: Optional[float] = None) -> None:
+                    reason: Optional[str] = None, seconds: Optional[float] = None,
+                    failure: Optional[str] = None) -> None:
         """Replace the task's metrics and curves and mark it, all in one transaction."""
         with self.transaction() as db:
             db.execute("DELETE FROM metrics WHERE run_id = ? AND task = ?", (run_id, task))
@@ -510,10 +661,10 @@ class Store:
                 "INSERT INTO curves (run_id, task, name, epoch, value) VALUES (?, ?, ?, ?, ?)",
                 [(run_id, task, name, epoch + 1, value)
                  for name, values in result.curves.items() for epoch, value in enumerate(values)])
-            db.execute("INSERT OR REPLACE INTO task_runs (run_id, task, status, reason, ended, "
-                       "artifacts, seconds) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (run_id, task, status, reason, now(),
-                        json.dumps(result.artifacts, default=str), seconds))
+            db.execute("INSERT OR REPLACE INTO task_runs (run_id, task, status, reason, failure, "
+                       "ended, artifacts, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (run_id, task, status, reason, (failure or RUN) if status == "failed" else None,
+                        now(), json.dumps(result.artifacts, default=str), seconds))
 
     # -- reading ------------------------------------------------------------------------------
     def records(self) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ import random
 import shutil
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -34,11 +35,12 @@ from bench.methods.base import MethodNet
 from bench.plugins import load_all, provenance
 from bench.presets import Recipe
 from bench.registry import BACKBONES, DATASETS, METHODS, PRESETS, TASKS, Registry, Spec
-from bench.store import Store, owner_token
+from bench.store import INFRASTRUCTURE, RUN, Store, owner_token
 from bench.tasks.base import RunContext, TaskResult, task_key
 from bench.train import train
 
 STORE_NAME = "results.sqlite"
+INTERRUPTED = "interrupted (Ctrl-C) before it finished"
 OWNER = owner_token()  # this process, as the holder of the runs it claims
 
 
@@ -64,6 +66,7 @@ class SuiteConfig:
     tuning: Optional[dict[str, Any]] = None  # the protocol that chose this recipe (bench tune)
     threads: int = 1  # torch CPU threads per run (resolved by the caller: part of a CPU run's identity)
     plugins: tuple[str, ...] = ()  # modules every worker imports (bench.plugins.worker_modules)
+    max_retries: int = 2  # runs again a run whose worker process died (local --jobs and Ray)
 
     @property
     def store_path(self) -> Path:
@@ -94,6 +97,8 @@ class RunOutcome:
     seconds: float = 0.0
     run_id: Optional[int] = None
     times: dict[str, float] = field(default_factory=dict)  # "training" and each task: seconds
+    failure: Optional[str] = None  # of a failed run: RUN (final) or INFRASTRUCTURE (retried)
+    notice: Optional[str] = None  # a stale claim this run took over
 
 
 @dataclass
@@ -105,6 +110,7 @@ class TaskRecord:
     status: str = "complete"
     reason: Optional[str] = None
     seconds: Optional[float] = None
+    failure: Optional[str] = None  # of a failed task: RUN or INFRASTRUCTURE
 
 
 @dataclass
@@ -118,6 +124,7 @@ class RunPlan:
     wanted: list[str]  # keys of every task this run should have
     pending: list[Spec] = field(default_factory=list)  # the tasks still to run
     holder: Optional[str] = None  # another live process that has claimed the run
+    notice: Optional[str] = None  # the stale claim taken over, if any
     train_seconds: Optional[float] = None  # set by ``execute`` when it trains
 
 
@@ -172,27 +179,40 @@ def plan_run(cfg: SuiteConfig, store: Store, method: Spec, seed: int) -> RunPlan
                              preset=cfg.preset, device=str(cfg.device),
                              torch_version=torch.__version__, plugins=plugins)
     tasks = [t for t in cfg.tasks if TASKS.get(t.name).obj.per_seed or seed == 0]
-    done = {"complete", "skipped"} | (set() if cfg.retry_failed else {"failed"})
-    pending = [t for t in tasks if store.task_status(run_id, task_key(t)) not in done]
+    pending = [t for t in tasks if not task_done(store, run_id, task_key(t), cfg.retry_failed)]
     plan = RunPlan(method, seed, run_id, checkpoint_path(cfg.out_dir, store.run_hash(run_id)),
                    [task_key(t) for t in tasks], pending)
     if pending:
-        plan.holder = store.claim(run_id, OWNER, str(cfg.device), plugins)
+        claim = store.claim(run_id, OWNER, str(cfg.device), plugins)
+        plan.holder, plan.notice = claim.holder, claim.notice
         if plan.holder:
             plan.pending = []
     return plan
 
 
-def finish_run(store: Store, plan: RunPlan) -> str:
-    """Mark the run complete, or failed if any of its tasks failed (a run claimed by another
-    process is left to it); returns the status."""
+def task_done(store: Store, run_id: int, key: str, retry_failed: bool) -> bool:
+    """Whether a rerun leaves the task as stored: complete or skipped, or failed by the run
+    itself (a NaN loss, an exception in the method) unless ``retry_failed``. A failure of the
+    infrastructure (a worker that died, an interrupted run) is always tried again."""
+    status = store.task_status(run_id, key)
+    if status == "failed":
+        return not retry_failed and store.task_failure(run_id, key) == RUN
+    return status in ("complete", "skipped")
+
+
+def finish_run(store: Store, plan: RunPlan, ran: bool = True) -> str:
+    """Mark the run complete, or failed if any of its tasks failed, by the run itself when any
+    task's failure was its own (a run claimed by another process is left to it); returns the
+    status. ``ran=False`` (nothing to do): the stored row changes only if it was out of date."""
     if plan.holder:
         return "skipped"
-    statuses = [store.task_status(plan.run_id, key) for key in plan.wanted]
-    status = "failed" if "failed" in statuses else "complete"
-    reasons = [r for r in (store.task_reason(plan.run_id, k) for k in plan.wanted) if r]
-    store.end_run(plan.run_id, status, reasons[0] if status == "failed" and reasons else None,
-                  plan.train_seconds)
+    failures = [store.task_failure(plan.run_id, key) for key in plan.wanted]
+    status = "failed" if any(failures) else "complete"
+    failure = (RUN if RUN in failures else INFRASTRUCTURE) if status == "failed" else None
+    reasons = [store.task_reason(plan.run_id, k) for k, f in zip(plan.wanted, failures)
+               if f == failure]
+    reason = next((r for r in reasons if r), None) if status == "failed" else None
+    store.end_run(plan.run_id, status, reason, plan.train_seconds, failure, changed_only=not ran)
     return status
 
 
@@ -200,7 +220,7 @@ def store_sink(store: Store, plan: RunPlan, times: dict[str, float]) -> Sink:
     """A sink writing each task result in its own transaction (and noting its time)."""
     def write(record: TaskRecord) -> None:
         store.record_task(plan.run_id, record.key, record.result, record.status, record.reason,
-                          record.seconds)
+                          record.seconds, record.failure)
         times[record.key] = record.seconds or 0.0
     return write
 
@@ -215,8 +235,8 @@ def plan_all(cfg: SuiteConfig, store: Store) -> tuple[list[RunPlan], list[RunOut
             if plan.pending:
                 plans.append(plan)
             else:
-                finish_run(store, plan)
-                outcomes.append(skipped(plan))
+                finish_run(store, plan, ran=False)
+                outcomes.append(skipped(plan, store))
     return plans, outcomes
 
 
@@ -231,9 +251,22 @@ def record_run(store: Store, plan: RunPlan, records: list[TaskRecord],
     return _outcome(store, plan, finish_run(store, plan), seconds, times)
 
 
-def skipped(plan: RunPlan) -> RunOutcome:
-    reason = f"claimed by {plan.holder}" if plan.holder else "already in the store"
-    return RunOutcome(str(plan.method), plan.seed, "skipped", reason, run_id=plan.run_id)
+def skipped(plan: RunPlan, store: Optional[Store] = None) -> RunOutcome:
+    """A run with nothing to do; one whose stored run failed carries that failure."""
+    reason, failure = f"claimed by {plan.holder}" if plan.holder else "already in the store", None
+    stored, kind = store.run_failure(plan.run_id) if store is not None else (None, None)
+    if kind is not None and not plan.holder:
+        reason, failure = f"failed earlier: {stored}", kind
+    return RunOutcome(str(plan.method), plan.seed, "skipped", reason, run_id=plan.run_id,
+                      failure=failure, notice=plan.notice)
+
+
+def failure_text(error: Exception) -> str:
+    """An exception raised by a method or task, as a stored reason: its type, message and the
+    line that raised it."""
+    frame = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+    where = f" (at {Path(frame[0].filename).name}:{frame[0].lineno})" if frame else ""
+    return f"{type(error).__name__}: {error}{where}"
 
 
 # -- executing a run: no store access ---------------------------------------------------------------
@@ -269,20 +302,30 @@ def execute(cfg: SuiteConfig, plan: RunPlan, data: DataBundle, sink: Optional[Si
             model, history = train_or_load(cfg, plan, data, dist, epoch_lines)
         except RunFailed as error:
             failure = str(error)
+        except Exception as error:  # the method's own failure: stored, and the suite goes on
+            if dist is not None:  # under torchrun the other ranks would wait for this one
+                raise
+            failure = failure_text(error)
         train_seconds = time.perf_counter() - start if trained else None
     if sink is None:
         return train_seconds
     for spec in plan.pending:
         task = TASKS.get(spec.name).obj
         if task.needs_training and failure is not None:
-            sink(TaskRecord(task_key(spec), TaskResult(), "failed", failure))
+            sink(TaskRecord(task_key(spec), TaskResult(), "failed", failure, failure=RUN))
             continue
         if model is not None:
             model.eval()
         ctx = RunContext(plan.method, cfg.backbone, data, cfg.recipe, plan.seed, cfg.device,
                          cfg.out_dir, plan.run_id, model, history, spec.kwargs)
         start = time.perf_counter()
-        result = task.run(ctx)
+        try:
+            result = task.run(ctx)
+        except Exception as error:  # this task failed (RunFailed, or a bug); the others still run
+            reason = str(error) if isinstance(error, RunFailed) else failure_text(error)
+            sink(TaskRecord(task_key(spec), TaskResult(), "failed", reason,
+                            time.perf_counter() - start, RUN))
+            continue
         sink(TaskRecord(task_key(spec), result, seconds=time.perf_counter() - start))
     return train_seconds
 
@@ -310,8 +353,8 @@ def run_suite(cfg: SuiteConfig) -> list[RunOutcome]:
             plan = broadcast(plan_run(cfg, store, method, seed) if store else None, dist)
             if not plan.pending:
                 if store is not None:
-                    finish_run(store, plan)
-                outcomes.append(skipped(plan))
+                    finish_run(store, plan, ran=False)
+                outcomes.append(skipped(plan, store))
                 continue
             times: dict[str, float] = {}
             plan.train_seconds = execute(cfg, plan, data,
@@ -319,6 +362,10 @@ def run_suite(cfg: SuiteConfig) -> list[RunOutcome]:
             status = finish_run(store, plan) if store else "complete"
             barrier(dist)
             outcomes.append(_outcome(store, plan, status, time.perf_counter() - start, times))
+    except KeyboardInterrupt:
+        if store is not None:
+            store.release_claims(OWNER, INTERRUPTED)
+        raise
     finally:
         outer.close()
         if store is not None:
@@ -328,11 +375,12 @@ def run_suite(cfg: SuiteConfig) -> list[RunOutcome]:
 
 def _outcome(store: Optional[Store], plan: RunPlan, status: str, seconds: float,
              times: dict[str, float]) -> RunOutcome:
-    reason = store.run_reason(plan.run_id) if store is not None and status == "failed" else ""
+    failed = store is not None and status == "failed"
+    reason, failure = store.run_failure(plan.run_id) if failed else ("", None)
     if plan.train_seconds is not None:
         times = {"training": plan.train_seconds, **times}
     return RunOutcome(str(plan.method), plan.seed, status, reason or "", seconds, plan.run_id,
-                      times)
+                      times, failure, plan.notice)
 
 
 # -- runs in worker processes or on a cluster: the driver plans, workers execute, the driver writes --
@@ -412,7 +460,10 @@ def save_remote(out_dir: Path, plan: RunPlan, remote: RemoteRun) -> None:
 
 
 def failed_records(plan: RunPlan, reason: str) -> list[TaskRecord]:
-    return [TaskRecord(task_key(spec), TaskResult(), "failed", reason) for spec in plan.pending]
+    """The pending tasks of a run whose worker died (after the executor's retries): failures of
+    the infrastructure, which a plain rerun retries."""
+    return [TaskRecord(task_key(spec), TaskResult(), "failed", reason, failure=INFRASTRUCTURE)
+            for spec in plan.pending]
 
 
 def make_executor(cfg: SuiteConfig) -> Executor:
@@ -421,7 +472,8 @@ def make_executor(cfg: SuiteConfig) -> Executor:
         from bench.ray_executor import RayCluster
 
         return RayCluster(cfg)
-    return Processes(cfg.jobs, cfg.threads, cfg.plugins) if cfg.jobs > 1 else InProcess()
+    return (Processes(cfg.jobs, cfg.threads, cfg.max_retries, cfg.plugins) if cfg.jobs > 1
+            else InProcess())
 
 
 def run_remote(cfg: SuiteConfig, executor: Executor) -> list[RunOutcome]:
@@ -456,6 +508,7 @@ def run_remote(cfg: SuiteConfig, executor: Executor) -> list[RunOutcome]:
                                     f"failed {failed}")
     except KeyboardInterrupt:
         executor.cancel()
+        store.release_claims(OWNER, INTERRUPTED)
         raise
     finally:
         executor.close()

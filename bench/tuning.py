@@ -206,8 +206,9 @@ class Study:
         self.optuna = optuna.create_study(direction="maximize", sampler=self._sampler(0))
         self.finished: list[dict[str, Any]] = []
         self.asked: dict[int, Any] = {}
+        self.interrupted: list[str] = []  # trials whose worker died here: to run again
         for t in store.trials(self.study_id):
-            if t["state"] != "running" and t["number"] < tcfg.trials:
+            if t["state"] not in ("running", "interrupted") and t["number"] < tcfg.trials:
                 self._add(t)
 
     def _sampler(self, number: int) -> Any:
@@ -272,6 +273,13 @@ class Study:
                               "state": result.state, "value": result.value,
                               "curve": result.curve})
 
+    def interrupt(self, plan: TrialPlan, reason: str) -> None:
+        """A trial whose worker died (after the executor's retries): stored ``interrupted``, not
+        told to the sampler, so it spends no budget; the next ``bench tune`` runs it again."""
+        self.asked.pop(plan.number)
+        self.store.interrupt_trial(self.study_id, plan.number, reason)
+        self.interrupted.append(f"{plan.method} trial {plan.number}: {reason}")
+
     def best(self) -> Optional[dict[str, Any]]:
         """The complete trial with the highest score (ties: the earliest), within the budget."""
         complete = [t for t in self.finished if t["state"] == "complete"
@@ -296,6 +304,7 @@ class TuneOutcome:
     tuned_method: Optional[str]
     tuned_recipe: dict[str, Any]
     trials: list[dict[str, Any]]
+    interrupted: list[str] = field(default_factory=list)  # trials to run again (worker died)
 
 
 def search(tcfg: TuneConfig, store: Any, executor: Any, owner: str) -> list[Study]:
@@ -321,15 +330,19 @@ def search(tcfg: TuneConfig, store: Any, executor: Any, owner: str) -> list[Stud
                     running[executor.submit(remote_trial, shared, plan)] = (study, plan)
                 handle, result, error = executor.next_done()
                 study, plan = running.pop(handle)
-                if error is not None:
-                    result = TrialResult("failed", None, [], 0, 0.0, error)
-                study.tell(plan, result)
                 bar.update(1)
+                if error is not None:  # the infrastructure's failure: spends no budget
+                    study.interrupt(plan, error)
+                    continue
+                study.tell(plan, result)
                 bar.set_postfix_str(f"{plan.method} trial {plan.number}: {result.state}"
                                     + (f" {result.value:.2f}" if result.value is not None else ""))
         except KeyboardInterrupt:
             executor.cancel()
+            store.release_claims(owner, "interrupted (Ctrl-C) before it finished")
             raise
+        finally:
+            executor.close()
     return studies
 
 
@@ -359,7 +372,9 @@ def tune(tcfg: TuneConfig) -> tuple[list[TuneOutcome], list[Any], float]:
                 tuned_method = _with(str(study.method), options) if options else str(study.method)
             outcomes.append(TuneOutcome(str(study.method), study.study_id, best, tuned_method,
                                         tuned_recipe, [t for t in store.trials(study.study_id)
-                                                       if t["number"] < tcfg.trials]))
+                                                       if t["number"] < tcfg.trials
+                                                       and t["state"] != "interrupted"],
+                                        study.interrupted))
     finally:
         store.close()
     runs = []

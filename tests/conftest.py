@@ -1,7 +1,10 @@
-"""Shared test fixtures: a tiny registered dataset ("toy-quadrants") that trains in a second."""
+"""Shared test fixtures: a tiny registered dataset ("toy-quadrants") that trains in a second, and
+the stored metrics of a store, to compare two runs bit for bit."""
 from __future__ import annotations
 
 import os
+import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,3 +61,15 @@ def refused(capsys, argv: list[str], store) -> str:
     assert "Traceback" not in err
     assert store.read_bytes() == before
     return err
+
+
+TIMING = {"train_time", "train_throughput"}  # measured, so never the same twice
+
+
+def stored(out: Path) -> dict[tuple, float]:
+    """The store's metrics under ``out`` but timings, by (method, seed, task, metric)."""
+    db = sqlite3.connect(Path(out) / "results.sqlite")
+    rows = db.execute("SELECT r.method, r.seed, m.task, m.name, m.value FROM metrics m "
+                      "JOIN runs r ON r.id = m.run_id").fetchall()
+    db.close()
+    return {row[:4]: row[4] for row in rows if row[3] not in TIMING}

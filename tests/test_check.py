@@ -259,3 +259,24 @@ def test_update_where_the_baseline_folder_is_a_file(tmp_path, capsys):
         assert code == 2 and out == "" and err.count("\n") == 1
         assert err.startswith(f"error: cannot write baseline {target} (") and "Traceback" not in err
     assert blocker.read_text() == "precious"
+
+
+@pytest.mark.parametrize("change, methods, message", [
+    (lambda d: d.update(records=[]), [], "has no records: nothing to check"),
+    (lambda d: d.update(records=[dict(r, method="cbam") for r in d["records"]]), [],
+     "no record of baseline {baseline} is of a method checked (the store's: gap-fc, se; the "
+     "baseline has cbam): nothing to check"),
+    (None, ["--methods", "nope"], "--methods nope: in neither the store (methods: gap-fc, se) nor "
+                                  "the baseline (gap-fc, se); nothing to check for them"),
+    (None, ["--methods", "gap-fc", "eca"], "--methods eca: in neither the store"),
+])
+def test_a_check_of_nothing_is_refused(gated, capsys, change, methods, message):
+    """A gate that would compare nothing never passes: one error line, exit 2."""
+    out_dir, baseline = gated
+    if change is not None:
+        edit(baseline, change)
+    code, out, err = cli(capsys, "check", "--out", str(out_dir), "--baseline", str(baseline),
+                         *methods)
+    assert code == 2 and out == "" and "passed" not in err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert message.format(baseline=baseline) in err

@@ -97,13 +97,23 @@ def test_list_shows_every_registry(capsys):
     (["run", "--cam-curve-interval", "7"], "cam_curve_interval must lie in (0, 1), got 7"),
     (["run", "--methods", "se[r=0]"], "option r (reduction ratio) must be >= 1"),
     (["run", "--backbone", "resnet8[shortcut=C]"], "shortcut must be A (zero-pad) or B"),
+    (["run", "--methods", "se[r=4,r=8]"], "option 'r' given twice in 'se[r=4,r=8]'"),
+    (["run", "--methods", "simam[lambda=inf]"], "option lambda='inf' of method 'simam': expected a "
+                                                "finite number"),
+    (["run", "--methods", "simam[lambda=nan]"], "expected a finite number"),
+    (["run", "--backbone", "resnet8[width=0]"], "CIFAR ResNet width must be a positive integer"),
+    (["run", "--backbone", "resnet8[width=-2]"], "got -2"),
+    (["run", "--out", ""], "argument --out: an empty path"),
+    (["run", "--out", " "], "argument --out: an empty path"),
+    (["results", "--out", ""], "argument --out: an empty path"),
+    (["run", "--amp", "fp16", "--device", "cpu"], "--amp fp16 is not offered on the CPU"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     store = tmp_path / "results.sqlite"
     Store(store).close()
     before = store.read_bytes()
-    extra = ["--out", str(tmp_path)] if args[0] == "run" else []
+    extra = ["--out", str(tmp_path)] if args[0] == "run" and "--out" not in args else []
     if args[0] == "run" and "--dataset" not in args:
         extra += ["--dataset", "toy-quadrants"]
     code, out, err = run_cli(capsys, *args, *extra)

@@ -12,18 +12,21 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is imported: loopback only
 ray = pytest.importorskip("ray")  # the [ray] extra, part of [test]
+from conftest import stored  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 import bench  # noqa: E402
 from bench.cli import main  # noqa: E402
 from bench.store import WORKER_ENV, Store  # noqa: E402
+from bench.api import suite_config  # noqa: E402
+from bench.suite import run_config  # noqa: E402
 
 SMOKE = dict(preset="smoke", epochs=1, tasks=["accuracy", "wsol"], progress=False, threads=1,
              report=False)
-TIMING = {"train_time", "train_throughput"}
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +43,6 @@ def cluster():
     finally:
         ray.shutdown()
         cluster.shutdown()
-
-
-def stored(out: Path) -> dict[tuple, float]:
-    db = sqlite3.connect(out / "results.sqlite")
-    rows = db.execute("SELECT r.method, r.seed, m.task, m.name, m.value FROM metrics m "
-                      "JOIN runs r ON r.id = m.run_id").fetchall()
-    db.close()
-    return {row[:4]: row[4] for row in rows if row[3] not in TIMING}
 
 
 def test_ray_stores_what_the_local_executor_stores(cluster, tmp_path):
@@ -85,24 +80,44 @@ def kill_a_worker_once(stop: threading.Event, killed: list) -> None:
 
 
 def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(cluster, tmp_path):
+    """SIGKILL one worker mid-run: both runs complete, with the numbers of an undisturbed
+    (local) run, bit for bit, each stored once."""
+    settings = SMOKE | {"tasks": ["accuracy"]}
+    undisturbed = bench.run(["gap-fc", "simam"], out=tmp_path / "local", **settings)
+    assert [o.status for o in undisturbed.outcomes] == ["complete", "complete"]
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=kill_a_worker_once, args=(stop, killed), daemon=True)
     killer.start()
     try:
         result = bench.run(["gap-fc", "simam"], out=tmp_path, executor="ray",
-                           ray_address=cluster.address, max_retries=2,
-                           **(SMOKE | {"tasks": ["accuracy"]}))
+                           ray_address=cluster.address, max_retries=2, **settings)
     finally:
         stop.set()
         killer.join()
     assert killed, "no worker was seen running"
     assert [o.status for o in result.outcomes] == ["complete", "complete"]
+    assert stored(tmp_path) == stored(tmp_path / "local")
+    assert len(stored(tmp_path)) == 2 * 3
     db = sqlite3.connect(tmp_path / "results.sqlite")
     assert db.execute("SELECT COUNT(*) FROM runs WHERE status = 'complete'").fetchone()[0] == 2
     duplicates = db.execute("SELECT run_id, task, name, COUNT(*) FROM metrics "
                             "GROUP BY run_id, task, name HAVING COUNT(*) > 1").fetchall()
     assert duplicates == []
     assert db.execute("SELECT COUNT(*) FROM task_runs WHERE status = 'complete'").fetchone()[0] == 2
+
+
+@pytest.mark.parametrize("methods, seeds", [(["gap-fc", "se"], 3), (["gap-fc"], 1)])
+def test_both_executors_default_to_the_same_thread_count(tmp_path, methods, seeds):
+    """The CLI's defaults (jobs left to bench, no --threads): the same runs, so the same
+    configuration hashes, with either executor; a rerun with the other skips what is stored."""
+    local = suite_config(methods, out=tmp_path, device="cpu", jobs=None, seeds=seeds)
+    remote = suite_config(methods, out=tmp_path, device="cpu", executor="ray",
+                                seeds=seeds)
+    assert remote.threads == local.threads == (1 if len(methods) * seeds > 1 and
+                                               (os.cpu_count() or 1) > 1
+                                               else torch.get_num_threads())
+    assert [run_config(remote, m, 0) for m in remote.methods] == \
+        [run_config(local, m, 0) for m in local.methods]
 
 
 def test_workers_cannot_open_the_store(tmp_path, monkeypatch):

@@ -225,8 +225,9 @@ def test_wsol_cost_and_missing_cells(report):
     assert set(wsol["ssia"][1:]) == {"—"}
     cost = {r[0]: r for r in tables["Size, compute and memory"][1:]}
     assert cost["se[r=8]"][1:5] == ["80,000", "2,000", "0.01400", "0.01450"]
-    failures = md_tables(markdown)["Failed or incomplete"]
-    assert ["ssia", "0", "wsol", "failed", "NaN loss in the maps"] in failures
+    failures = md_tables(markdown)["Failed runs"]
+    assert ["ssia", "0", "wsol", "failed", "NaN loss in the maps",
+            "the run's own (final; --retry-failed reruns it)"] in failures
 
 
 def test_html_is_self_contained(report):

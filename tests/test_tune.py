@@ -16,7 +16,9 @@ import torch
 from conftest import quadrant_split, refused
 
 import bench
+import bench.suite
 from bench.cli import main
+from bench.executors import InProcess
 from bench.data.base import DataBundle
 from bench.registry import DATASETS
 from bench.store import Store
@@ -163,3 +165,33 @@ def test_a_diverging_trial_is_failed_and_counts(tmp_path):
     assert [t["state"] for t in trials_] == ["failed", "failed"]
     assert all("loss" in t["reason"] for t in trials_)
     assert result.studies[0].best is None and result.suite.outcomes == []
+
+
+class DiesOnce(InProcess):
+    """Runs each piece in this process, except the first: that one comes back as a piece whose
+    worker died (after the executor's retries)."""
+
+    died = False
+
+    def next_done(self):
+        if not self.died:
+            self.died = True
+            handle, _, _ = self.queue.popleft()
+            return handle, None, "worker killed by signal 9 (SIGKILL; out of memory?), once"
+        return super().next_done()
+
+
+def test_a_trial_whose_worker_died_spends_no_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench.suite, "make_executor", lambda cfg: DiesOnce())
+    result = bench.tune(["gap-fc"], trials=3, out=tmp_path, seeds=1, report=False, **TOY)
+    study = result.studies[0]
+    assert [(t["number"], t["state"]) for t in study.trials] == [(1, "complete"), (2, "complete")]
+    assert study.interrupted == ["gap-fc trial 0: worker killed by signal 9 (SIGKILL; out of "
+                                 "memory?), once"]
+    assert [(r[1], r[3]) for r in trials(tmp_path)] == [(0, "interrupted"), (1, "complete"),
+                                                        (2, "complete")]
+    monkeypatch.undo()
+    again = bench.tune(["gap-fc"], trials=3, out=tmp_path, seeds=1, report=False, **TOY)
+    assert [(t["number"], t["state"]) for t in again.studies[0].trials] == [
+        (0, "complete"), (1, "complete"), (2, "complete")]  # the budget, exactly
+    assert again.studies[0].interrupted == []

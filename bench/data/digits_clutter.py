@@ -216,6 +216,13 @@ def _read_cache(path: Path, cfg: ClutterConfig) -> dict[str, dict[str, np.ndarra
         return None
 
 
+def _umask() -> int:
+    """This process's umask (read by setting it, then restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _write_cache(path: Path, cfg: ClutterConfig, splits: dict[str, dict[str, np.ndarray]]) -> None:
     """Write atomically (temp file + rename) so concurrent runs never read a partial file."""
     arrays = {f"{s}/{a}": splits[s][a] for s in SPLITS for a in ARRAYS}
@@ -225,6 +232,7 @@ def _write_cache(path: Path, cfg: ClutterConfig, splits: dict[str, dict[str, np.
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez_compressed(f, config=np.array(cfg.key()), **arrays)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: readable as a plain file
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -40,6 +40,9 @@ class CifarResNet(Backbone):
         super().__init__()
         if (depth - 2) % 6 or depth < 8:
             raise BenchError(f"CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 56, 110, ...), got {depth}")
+        if width < 1:
+            raise BenchError(f"CIFAR ResNet width must be a positive integer (channels 16/32/64 "
+                             f"x width), got {width}")
         if shortcut not in ("A", "B"):
             raise BenchError(f"shortcut must be A (zero-pad) or B (1x1 projection), got {shortcut!r}")
         if bottleneck and shortcut != "B":

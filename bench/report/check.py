@@ -272,6 +272,29 @@ def compare(record: Record, tolerance: Optional[float], values: list[float]) -> 
     return "ok", ""
 
 
+def refuse_empty(baseline: Baseline, path: Path, in_store: set[str],
+                 methods: Optional[list[str]]) -> None:
+    """A BenchError when the check would compare nothing (a gate that checks nothing must not
+    pass): a baseline without records, a method asked for that neither the store nor the
+    baseline has, or no baseline record of the methods checked. (A method the baseline has but
+    the store lacks is checked: its records are MISSING, a failure.)"""
+    if not baseline.records:
+        raise BenchError(f"baseline {path} has no records: nothing to check; write one with "
+                         f"`bench check --update`")
+    stored = ", ".join(method_order(list(in_store))) or "none"
+    have = ", ".join(method_order([r.key[0] for r in baseline.records]))
+    unknown = [m for m in methods or [] if m not in in_store
+               and all(r.key[0] != m for r in baseline.records)]
+    if unknown:
+        raise BenchError(f"methods {', '.join(unknown)}: in neither the store (methods: "
+                         f"{stored}) nor the baseline ({have}); nothing to check for them",
+                         "methods")
+    chosen = set(methods) if methods is not None else in_store
+    if not any(r.key[0] in chosen for r in baseline.records):
+        raise BenchError(f"no record of baseline {path} is of a method checked (the store's: "
+                         f"{stored}; the baseline has {have}): nothing to check")
+
+
 def check(out_dir: Path, baseline_path: Path,
           methods: Optional[list[str]] = None) -> CheckResult:
     """Compare the store under ``out_dir`` with the baseline file, for ``methods`` (default: the
@@ -279,6 +302,7 @@ def check(out_dir: Path, baseline_path: Path,
     baseline = load_baseline(baseline_path)
     stored = stored_values(out_dir)
     chosen = set(methods) if methods is not None else {k[0] for k in stored}
+    refuse_empty(baseline, baseline_path, {k[0] for k in stored}, methods)
     result = CheckResult()
     for record in baseline.records:
         if record.key[0] not in chosen:

@@ -26,7 +26,8 @@ ARROWS = {HIGHER: " ↑", LOWER: " ↓"}
 
 def _maps_records(group: Group) -> pd.DataFrame:
     """The group's maps-task records with the base metric and the source split out."""
-    records = group.records[[task_name(t) == "maps" for t in group.records["task"]]]
+    records = group.records[group.records["task"].map(lambda t: task_name(t) == "maps")
+                            .astype(bool)]
     parts = records["metric"].str.split("@", n=1, expand=True)
     if records.empty or parts.shape[1] < 2:
         return records.assign(base=[], source=[])

@@ -28,6 +28,34 @@ def _number(value: Optional[float]) -> Optional[float]:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
+def _finite(value: Any, path: str, found: dict[str, str]) -> Any:
+    """``value`` with every non-finite float replaced by None, noted in ``found`` by path."""
+    if isinstance(value, float) and not math.isfinite(value):
+        found[path] = str(value)
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{path}.{k}" if path else str(k), found) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, f"{path}[{i}]", found) for i, v in enumerate(value)]
+    return value
+
+
+def strict_json(value: Any) -> str:
+    """Strict JSON text (no NaN or Infinity, which JSON lacks): each non-finite number becomes
+    null, and the record (dict) holding it gains ``non_finite``, naming the field and its
+    value (``{"value": "inf"}``)."""
+    def clean(item: Any) -> Any:
+        if isinstance(item, dict):
+            found: dict[str, str] = {}
+            out = {k: clean(v) if isinstance(v, (list, tuple)) and v and isinstance(v[0], dict)
+                   else _finite(v, str(k), found) for k, v in item.items()}
+            return out | ({"non_finite": found} if found else {})
+        if isinstance(item, (list, tuple)):
+            return [clean(v) for v in item]
+        return _finite(item, "", {})
+    return json.dumps(clean(value), indent=2, default=str, allow_nan=False)
+
+
 def summary_rows(groups: list[Group], interval: str = "bootstrap") -> list[dict[str, Any]]:
     """One row per (group, method, metric, setting) with its statistics (raw numbers)."""
     check_interval(interval)
@@ -117,14 +145,16 @@ def render(groups: list[Group], fmt_name: str, interval: str = "bootstrap",
     rows = summary_rows(groups, interval)
     aggregates = aggregate_rows(groups, aggregate_name)
     if fmt_name == "json":
-        return json.dumps({"summary": rows, "aggregates": aggregates}, indent=2, default=str)
+        return strict_json({"summary": rows, "aggregates": aggregates,
+                            "failed_runs": failed_runs(groups)})
     if fmt_name == "csv":
         text = frame_of(rows).to_csv(index=False)
         if aggregates:
             text += "\n" + pd.DataFrame(aggregates).to_csv(index=False)
         return text
     if not rows:
-        return "no results stored yet"
+        return ("no metrics stored" if failed_runs(groups) else "no results stored yet") + \
+            _failed_text(groups)
     table = []
     for r in rows:
         unit = "pp" if r["unit"] == "%" else r["unit"]
@@ -154,14 +184,27 @@ def render(groups: list[Group], fmt_name: str, interval: str = "bootstrap",
         text += tabulate(agg, headers=["metric", "method", aggregate_name,
                                        f"P(better than {BASELINE})", "groups", "runs per group"],
                          tablefmt="github", disable_numparse=True)
-    return text
+    return text + _failed_text(groups)
+
+
+def failed_runs(groups: list[Group]) -> list[dict[str, Any]]:
+    """Every failed run of the groups: group, method, seed, reason and kind of failure."""
+    return [{"group": g.label, "method": r["method"], "seed": int(r["seed"]),
+             "reason": r.get("reason"), "failure": r.get("failure") or "run"}
+            for g in groups for r in g.runs.to_dict("records") if r["status"] == "failed"]
+
+
+def _failed_text(groups: list[Group]) -> str:
+    failed = failed_runs(groups)
+    lines = [f"FAILED {f['group']}: {f['method']} seed {f['seed']}: {f['reason']} "
+             f"({f['failure']} failure)" for f in failed]
+    return "\n\n" + "\n".join(lines) if lines else ""
 
 
 def _per_seed(records: list[dict[str, Any]], fmt_name: str) -> str:
     keep = RECORD_FIELDS + ["preset", "run_id", "run_status", "method_options", "extra"]
     if fmt_name == "json":
-        return json.dumps([{k: r[k] for k in keep if k in r} for r in records], indent=2,
-                          default=str)
+        return strict_json([{k: r[k] for k in keep if k in r} for r in records])
     frame = per_seed_frame(records)
     if fmt_name == "csv":
         return frame.to_csv(index=False)
@@ -182,8 +225,10 @@ def summary_table(groups: list[Group], methods: Optional[list[str]] = None,
             continue
         rows = {m: {"method": m} for m in shown}
         seeds = group.records[group.records["metric"] == "top1"].groupby("method")["seed"].nunique()
+        failed = group.runs[group.runs["status"] == "failed"].groupby("method")["seed"].nunique()
         for m in shown:
-            rows[m]["seeds"] = int(seeds[m]) if m in seeds else ""
+            rows[m]["seeds"] = (str(int(seeds[m])) if m in seeds else "0") + (
+                f" ({int(failed[m])} failed)" if m in failed else "")
         for info in METRICS.headline():
             if info.name not in set(group.records["metric"]):
                 continue

@@ -216,25 +216,42 @@ def other_table(group: Group, interval: str = "bootstrap") -> Table | None:
                         interval=interval)
 
 
+FAILURE_KINDS = {"run": "the run's own (final; --retry-failed reruns it)",
+                 "infrastructure": "infrastructure (a plain rerun retries it)"}
+
+
+def _kind(row: dict) -> str:
+    """What a failed run's or task's failure means for a rerun; a running run's claim."""
+    if row.get("status") == "failed":
+        return FAILURE_KINDS.get(row.get("failure") or "run", str(row.get("failure")))
+    if row.get("status") == "running" and row.get("owner"):
+        return f"claimed by {row['owner']} (heartbeat {row.get('heartbeat') or 'none'})"
+    return ""
+
+
 def failures_table(group: Group) -> Table | None:
-    """Runs and tasks that did not complete, with the recorded reason."""
+    """Runs and tasks that did not complete, with the recorded reason and what kind of failure
+    it was (the run's own, final; or the infrastructure's, retried by a rerun)."""
     seeds = dict(zip(group.runs["id"], zip(group.runs["method"], group.runs["seed"])))
     rows, methods = [], []
-    for run in group.runs.itertuples():
-        if run.status != "complete":
-            rows.append([run.method, str(run.seed), "(run)", run.status, run.reason or ""])
-            methods.append(run.method)
+    for run in group.runs.to_dict("records"):
+        if run["status"] != "complete":
+            rows.append([run["method"], str(run["seed"]), "(run)", run["status"],
+                         run["reason"] or "", _kind(run)])
+            methods.append(run["method"])
     for task in group.task_runs:
         if task["status"] != "complete" and task["run_id"] in seeds:
             method, seed = seeds[task["run_id"]]
-            rows.append([method, str(seed), task["task"], task["status"], task["reason"] or ""])
+            rows.append([method, str(seed), task["task"], task["status"], task["reason"] or "",
+                         _kind(task)])
             methods.append(method)
     if not rows:
         return None
     order = {m: i for i, m in enumerate(group.methods)}
     ranked = sorted(zip(rows, methods), key=lambda rm: (order.get(rm[1], len(order)), int(rm[0][1])))
     rows, methods = [r for r, _ in ranked], [m for _, m in ranked]
-    return Table("Failed or incomplete", ["method", "seed", "task", "status", "reason"], rows, methods)
+    return Table("Failed runs", ["method", "seed", "task", "status", "reason", "kind"], rows,
+                 methods, ["Runs and tasks that did not complete, with the reason stored."])
 
 
 def group_tables(group: Group, interval: str = "bootstrap") -> list[Table]:

@@ -14,7 +14,7 @@ from bench.report.document import Block, Figure, Paragraph, Section, Table
 from bench.report.figures import Plotter, _legend
 from bench.search import best
 
-STATES = ("complete", "pruned", "failed")
+STATES = ("complete", "pruned", "failed", "interrupted")  # interrupted: spent no budget
 
 
 def _protocol(config: dict[str, Any]) -> str:
@@ -32,7 +32,8 @@ def _budget(trials: list[dict[str, Any]]) -> list[str]:
     units = sum((t["seconds"] or 0.0) * (1 if device.startswith("cuda") else t["threads"] or 1)
                 for t in trials)
     unit = "GPU" if device.startswith("cuda") else "CPU"
-    return [f"{len(trials)} ({counts})", f"{epochs}", f"{seconds:,.1f}", f"{units:,.1f} {unit}"]
+    spent = sum(s != "interrupted" for s in states)
+    return [f"{spent} ({counts})", f"{epochs}", f"{seconds:,.1f}", f"{units:,.1f} {unit}"]
 
 
 def _chosen(trial: Optional[dict[str, Any]]) -> str:
