@@ -1,8 +1,10 @@
 """The report's figures (seaborn on matplotlib's object API, no pyplot state), each written as PNG
-and SVG under ``figures/``: accuracy against cost (GMACs and training-step cost), training-step
-cost, latency, WSOL metrics and the per-epoch training curves. Error bars are the 95% confidence
-intervals of bench/report/stats.py (the same as in the tables); curve bands are seaborn's seeded
-bootstrap intervals. Every method keeps its palette colour and its place in the order."""
+and SVG under ``figures/``: the forest plot of the headline comparisons, accuracy against cost
+(GMACs and training-step cost), training-step cost, latency, WSOL metrics and the per-epoch
+training curves. Error bars are the 95% confidence intervals of bench/report/stats.py, computed
+as the tables compute them (the plotter's ``interval``), drawn asymmetric where they are; curve
+bands are seaborn's seeded bootstrap intervals. Every method keeps its palette colour and its
+place in the order."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,9 +21,10 @@ from matplotlib.ticker import MaxNLocator
 
 from bench.metrics import METRICS
 from bench.report.collect import BASELINE, Group
-from bench.report.conclusions import analyse
+from bench.report.conclusions import MetricResult, analyse, headline_results
 from bench.report.document import Figure
-from bench.report.stats import SEED, Estimate
+from bench.report.stats import (CONFIDENCE, DEFAULT_INTERVAL, MIN_VERDICT_SEEDS, POWER, SEED,
+                                Estimate)
 
 STYLE = {"svg.hashsalt": "bench-report", "svg.fonttype": "path", "font.size": 9,
          "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8}
@@ -30,11 +33,19 @@ CURVES = [("train_loss", "training loss"), ("train_top1", "training top-1 (%)"),
 
 
 class Plotter:
-    """Makes figures in the report style and saves them, as PNG and SVG, under ``directory``."""
+    """Makes figures in the report style and saves them, as PNG and SVG, under ``directory``;
+    intervals as the tables compute them (``interval``, ``power``)."""
 
-    def __init__(self, directory: Path, palette: dict[str, str]) -> None:
+    def __init__(self, directory: Path, palette: dict[str, str], interval: str = DEFAULT_INTERVAL,
+                 power: float = POWER) -> None:
         self.directory = directory
         self.palette = palette
+        self.interval = interval
+        self.power = power
+
+    def analyse(self, group: Group, metric: str, setting: str = "") -> MetricResult:
+        """The group's statistics of one metric, with this plotter's interval and power."""
+        return analyse(group.records, group.methods, metric, setting, self.interval, self.power)
 
     def new(self, ncols: int = 1, nrows: int = 1, width: float = 0.0,
             height: float = 3.6) -> tuple[MplFigure, Any]:
@@ -62,13 +73,13 @@ def _yerr(estimates: list[Estimate]) -> np.ndarray:
                      [e.high - e.mean if e.high is not None else 0.0 for e in estimates]])
 
 
-def _bars(ax: Axes, group: Group, metric: str, palette: dict[str, str], ylabel: str,
+def _bars(ax: Axes, group: Group, metric: str, plot: Plotter, ylabel: str,
           setting: str = "") -> None:
     """One bar per method: the mean over seeds, with its 95% interval when there are several."""
-    result = analyse(group.records, group.methods, metric, setting)
+    result = plot.analyse(group, metric, setting)
     order = [m for m in group.methods if m in result.estimates]
     estimates = [result.estimates[m] for m in order]
-    ax.bar(order, [e.mean for e in estimates], color=[palette[m] for m in order])
+    ax.bar(order, [e.mean for e in estimates], color=[plot.palette[m] for m in order])
     ax.errorbar(order, [e.mean for e in estimates], yerr=_yerr(estimates), fmt="none",
                 ecolor="#222222", capsize=3, linewidth=1)
     ax.set_xlabel("")
@@ -86,7 +97,7 @@ def _metric(group: Group, metric: str) -> pd.DataFrame:
 def accuracy_vs_cost(group: Group, plot: Plotter) -> Optional[Figure]:
     """Top-1 (mean with its 95% interval) against deployed GMACs and against the training-step
     cost: one labelled point per method and panel."""
-    top1 = analyse(group.records, group.methods, "top1").estimates
+    top1 = plot.analyse(group, "top1").estimates
     gmacs = "gmacs_all" if len(_metric(group, "gmacs_all")) else "gmacs"
     panels = [(metric, label) for metric, label in (
         (gmacs, "GMACs of the deployed network (" + ("incl. element-wise ops)" if gmacs == "gmacs_all"
@@ -96,7 +107,7 @@ def accuracy_vs_cost(group: Group, plot: Plotter) -> Optional[Figure]:
         return None
     fig, axes = plot.new(ncols=len(panels), width=5.2 * len(panels) + 1.6)
     for ax, (metric, xlabel) in zip(np.atleast_1d(axes), panels):
-        cost = analyse(group.records, group.methods, metric).estimates
+        cost = plot.analyse(group, metric).estimates
         methods = [m for m in group.methods if m in top1 and m in cost]
         for method in methods:
             x, y = cost[method].mean, top1[method]
@@ -123,7 +134,7 @@ def training_step(group: Group, plot: Plotter) -> Optional[Figure]:
     if not len(data):
         return None
     fig, ax = plot.new()
-    _bars(ax, group, data["metric"].iloc[0], plot.palette, ylabel)
+    _bars(ax, group, data["metric"].iloc[0], plot, ylabel)
     if data["metric"].iloc[0] == "train_step_ratio":
         ax.axhline(1.0, color=plot.palette.get(BASELINE, "#3a3a3a"), linewidth=0.8, linestyle="--")
     return plot.save(fig, f"{group.slug}-training-step", "Training-step cost",
@@ -139,7 +150,7 @@ def latency(group: Group, plot: Plotter) -> Optional[Figure]:
     settings = list(dict.fromkeys(data["setting"]))
     fig, axes = plot.new(ncols=len(settings))
     for ax, setting in zip(np.atleast_1d(axes), settings):
-        _bars(ax, group, "latency_ms", plot.palette, f"latency ({data['unit'].iloc[0]})", setting)
+        _bars(ax, group, "latency_ms", plot, f"latency ({data['unit'].iloc[0]})", setting)
         ax.set_title(setting)
     return plot.save(fig, f"{group.slug}-latency", "Inference latency",
                 "Latency of the deployed network (noisy on shared machines; compare within one run).")
@@ -150,7 +161,7 @@ def wsol_bars(group: Group, plot: Plotter) -> Optional[Figure]:
     columns = [c for c in METRICS.in_table("wsol") if len(_metric(group, c.name))]
     if not columns:
         return None
-    results = {c.name: analyse(group.records, group.methods, c.name) for c in columns}
+    results = {c.name: plot.analyse(group, c.name) for c in columns}
     methods = [m for m in group.methods if any(m in r.estimates for r in results.values())]
     fig, ax = plot.new(width=max(6.0, 0.25 * len(columns) * len(methods) + 2))
     width = 0.8 / max(len(methods), 1)
@@ -193,6 +204,40 @@ def training_curves(group: Group, plot: Plotter) -> Optional[Figure]:
     _legend(fig, methods, plot.palette, "_")
     return plot.save(fig, f"{group.slug}-curves", "Training curves",
                      "Per-epoch curves, mean over seeds (band: 95% bootstrap interval).")
+
+
+def forest(group: Group, plot: Plotter) -> Optional[Figure]:
+    """The difference to the baseline with its 95% interval, per method (rows) and headline
+    metric (panels): the standard figure for comparisons against a reference. A difference
+    without an interval (one paired seed) is a hollow marker."""
+    results = headline_results(group, plot.interval, plot.power)
+    if not results:
+        return None
+    methods = [m for m in group.methods if any(m in r.comparisons for r in results)]
+    fig, axes = plot.new(ncols=len(results), width=max(6.0, 3.2 * len(results) + 1.6),
+                         height=0.9 + 0.32 * len(methods))
+    for ax, result in zip(np.atleast_1d(axes), results):
+        for row, method in enumerate(methods):
+            c = result.comparisons.get(method)
+            if c is None or c.difference.n == 0:
+                continue
+            d = c.difference
+            colour = plot.palette[method]
+            if d.low is not None:
+                ax.errorbar(d.mean, row, xerr=[[d.mean - d.low], [d.high - d.mean]], fmt="o",
+                            color=colour, ecolor=colour, capsize=3, markersize=6)
+            else:
+                ax.plot(d.mean, row, "o", markerfacecolor="white", color=colour, markersize=6)
+        ax.axvline(0.0, color=plot.palette.get(BASELINE, "#3a3a3a"), linewidth=0.8, linestyle="--")
+        ax.set_yticks(range(len(methods)), methods if ax is np.atleast_1d(axes)[0] else [])
+        ax.set_ylim(len(methods) - 0.5, -0.5)
+        ax.set_xlabel(f"Δ {result.info.label} ({result.delta_unit})".replace(" ()", ""))
+        ax.set_title(result.info.label)
+    return plot.save(fig, f"{group.slug}-forest", f"Differences to {BASELINE}",
+                     f"Each method's mean difference to {BASELINE}, paired by seed, with its "
+                     f"{CONFIDENCE:.0%} confidence interval ({plot.interval}), one panel per "
+                     f"headline metric; dashed line: no difference. Verdicts (Holm-corrected, "
+                     f"from {MIN_VERDICT_SEEDS} paired seeds) are in the verdict table.")
 
 
 FIGURES = [accuracy_vs_cost, training_step, latency, wsol_bars, training_curves]
