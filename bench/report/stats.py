@@ -163,27 +163,66 @@ class Power:
         return text
 
 
-def power(diffs: Sequence[float], alpha: float, target: float = POWER) -> Power:
-    """The two-sided paired t-test's power on the differences ``diffs`` at level ``alpha``
-    (``statsmodels.stats.power.TTestPower``, effect size in units of the differences' sample
-    std)."""
+SEEDS_LIMIT = 100_000  # beyond this, "seeds needed" is not reported
+
+
+def paired_power(effect: float, n: int, alpha: float) -> float:
+    """Power of the two-sided one-sample (paired) t-test at level ``alpha`` for a standardised
+    ``effect`` > 0 with ``n`` pairs: ``TTestPower().power`` of the one-sided test at alpha / 2,
+    i.e. the two-sided power less its opposite tail (below alpha / 2 and negligible at the powers
+    reported). statsmodels' two-sided form adds that tail through scipy's noncentral t CDF, which
+    returns NaN for some arguments (e.g. effect 3.42, n = 4, alpha = 0.05 / 9), and its
+    ``solve_power`` then stops at a wrong root."""
     from statsmodels.stats.power import TTestPower
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(TTestPower().power(effect_size=effect, nobs=n, alpha=alpha / 2,
+                                        alternative="larger"))
+
+
+def _seeds_needed(effect: float, alpha: float, target: float) -> Optional[int]:
+    """The fewest paired seeds (2 or more) whose test reaches ``target`` power for ``effect``
+    (power grows with the seed count: doubling, then bisection over the integers)."""
+    if not (effect > 0 and math.isfinite(effect)):
+        return None
+    low, high = 1, 2  # one seed has no test
+    while not paired_power(effect, high, alpha) >= target:
+        low, high = high, 2 * high
+        if high > SEEDS_LIMIT:
+            return None
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if paired_power(effect, middle, alpha) >= target else (middle, high)
+    return high
+
+
+def _detectable_effect(n: int, alpha: float, target: float) -> Optional[float]:
+    """The standardised effect the test detects with ``target`` power (``scipy.optimize.brentq``
+    on ``test_power``, bracketed by doubling)."""
+    from scipy.optimize import brentq
+
+    high = 1.0
+    while not paired_power(high, n, alpha) >= target:
+        high *= 2
+        if high > 1e6:
+            return None
+    return float(brentq(lambda e: paired_power(e, n, alpha) - target, 0.0, high, xtol=1e-10))
+
+
+def power(diffs: Sequence[float], alpha: float, target: float = POWER) -> Power:
+    """The paired test's power on the differences ``diffs`` at level ``alpha`` (effect sizes in
+    units of the differences' sample std): the minimum detectable difference at their count and
+    the seeds that would detect their mean."""
     check_power(target)
     d = np.asarray(diffs, dtype=float)
     n = len(d)
     sd = float(d.std(ddof=1)) if n >= 2 else 0.0
     if n < 2 or sd == 0:
         return Power(n, alpha, target, None, None)
-    solver = TTestPower()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence notes of the root finder
-        effect = float(solver.solve_power(effect_size=None, nobs=n, alpha=alpha, power=target))
-        observed = abs(float(d.mean())) / sd
-        needed = (float(solver.solve_power(effect_size=observed, nobs=None, alpha=alpha,
-                                           power=target)) if observed > 0 else float("nan"))
-    seeds = math.ceil(needed - 1e-9) if math.isfinite(needed) and needed > 0 else None
-    return Power(n, alpha, target, effect * sd, seeds)
+    effect = _detectable_effect(n, alpha, target)
+    return Power(n, alpha, target, None if effect is None else effect * sd,
+                 _seeds_needed(abs(float(d.mean())) / sd, alpha, target))
 
 
 @dataclass(frozen=True)
