@@ -45,7 +45,7 @@ def summary_rows(groups: list[Group], interval: str = DEFAULT_INTERVAL,
             for method, est in result.estimates.items():
                 c = result.comparisons.get(method)
                 d = c.difference if c is not None else None
-                power = c.power if c is not None else None
+                pw = c.power if c is not None else None
                 rows.append({
                     "group": group.label, "dataset": group.dataset, "backbone": group.backbone,
                     "method": method, "method_options": options.get(method, {}), "task": task,
@@ -58,9 +58,9 @@ def summary_rows(groups: list[Group], interval: str = DEFAULT_INTERVAL,
                     "p": c.p if c else None, "p_holm": c.p_holm if c else None,
                     "verdict": c.verdict if c else ("reference" if method == BASELINE
                                                     and result.comparisons else None),
-                    "detectable_diff": power.detectable if power else None,
-                    "power_alpha": power.alpha if power else None,
-                    "seeds_needed": power.seeds_needed if power else None})
+                    "detectable_diff": pw.detectable if pw else None,
+                    "power_alpha": pw.alpha if pw else None,
+                    "seeds_needed": pw.seeds_needed if pw else None})
     return rows
 
 
