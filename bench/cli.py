@@ -175,6 +175,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 if study.best else "no complete trial: nothing to retrain")
         print(f"{study.method}: {len(study.trials)} trials ({counts}), {epochs} epochs, "
               f"{seconds:.0f} s; {best}")
+    if not result.sequential:
+        print("note: trials ran in parallel, so this study is not reproducible: TPE's constant "
+              "liar and the pruner depend on the order in which trials finish; --jobs 1 (local) "
+              "runs them one at a time, which is")
     print()
     return print_suite(result.suite)
 
