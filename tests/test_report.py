@@ -231,10 +231,11 @@ def test_verdicts_from_three_paired_seeds(tmp_path):
     cbam = power(diffs["cbam"], ALPHA / 2)
     assert rows["cbam"][6] == (f"detectable from {cbam.detectable:.2f} pp; about "
                                f"{cbam.seeds_needed} seeds for the observed difference")
-    verdicts = {r[0]: r for r in md_tables(markdown)["toy / resnet8 (3 seeds): verdicts against "
-                                                     "the baseline"][1:]}
-    assert verdicts["cbam"][1:4] == [rows["cbam"][3], rows["cbam"][5],
-                                     f"{cbam.detectable:.2f} ({cbam.seeds_needed})"]
+    verdicts = {(r[0], r[1]): r for r in md_tables(markdown)["toy / resnet8 (3 seeds): verdicts "
+                                                             "against the baseline"][1:]}
+    diff, interval = rows["cbam"][3].split(" ", 1)  # the accuracy table's "Δ [CI]" cell
+    assert verdicts[("top-1", "cbam")][2:5] == [f"{diff} pp {interval}", rows["cbam"][5],
+                                               f"{cbam.detectable:.2f} pp ({cbam.seeds_needed})"]
 
 
 def test_summary_states_the_verdicts_first(report):
@@ -242,13 +243,13 @@ def test_summary_states_the_verdicts_first(report):
     _, _, markdown, _ = report
     summary = markdown.split("## Summary", 1)[1].split("\n## ", 1)[0]
     table = md_tables(summary)["toy / resnet8 (1-2 seeds): verdicts against the baseline"]
-    assert table[0][:4] == ["method", "Δ top-1 (pp) [95% CI]", "verdict (top-1)",
-                            "MDD top-1 (seeds for Δ)"]
-    assert "Δ MaxBoxAccV2 (pp) [95% CI]" in table[0] and "Δ PxAP (pp) [95% CI]" in table[0]
-    rows = {r[0]: r for r in table[1:]}
-    assert list(rows) == ["se", "se[r=8]", "ssia"]
-    assert rows["se"][1:3] == ["+3.50 [-2.85, +9.85]", "2 seeds: too few for a verdict"]
-    assert rows["ssia"][1:4] == ["+0.50 (n=1, no interval)", "n=1: no test", "—"]
+    assert table[0] == ["metric", "method", "Δ [95% CI]", "verdict", "MDD (seeds for Δ)"]
+    assert [r[:2] for r in table[1:]] == [[m, x] for m in ("top-1", "MaxBoxAccV2", "PxAP")
+                                          for x in ("se", "se[r=8]", "ssia") if
+                                          m == "top-1" or x != "ssia"]  # ssia's wsol failed
+    rows = {(r[0], r[1]): r for r in table[1:]}
+    assert rows[("top-1", "se")][2:4] == ["+3.50 pp [-2.85, +9.85]", "2 seeds: too few for a verdict"]
+    assert rows[("top-1", "ssia")][2:5] == ["+0.50 pp (n=1, no interval)", "n=1: no test", "—"]
     assert "![Differences to gap-fc](figures/toy-resnet8-forest.png)" in summary
 
 

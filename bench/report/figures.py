@@ -229,6 +229,7 @@ def forest(group: Group, plot: Plotter) -> Optional[Figure]:
             else:
                 ax.plot(d.mean, row, "o", markerfacecolor="white", color=colour, markersize=6)
         ax.axvline(0.0, color=plot.palette.get(BASELINE, "#3a3a3a"), linewidth=0.8, linestyle="--")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
         ax.set_yticks(range(len(methods)), methods if ax is np.atleast_1d(axes)[0] else [])
         ax.set_ylim(len(methods) - 0.5, -0.5)
         ax.set_xlabel(f"Δ {result.info.label} ({result.delta_unit})".replace(" ()", ""))

@@ -18,7 +18,7 @@ from bench.report.conclusions import (MetricResult, analyse, difference_text, he
                                       power_text, verdict_text)
 from bench.report.document import Table
 from bench.report.stats import (ALPHA, BOOTSTRAP_FROM, CONFIDENCE, DEFAULT_INTERVAL,
-                                MIN_VERDICT_SEEDS, POWER, fmt, p_text)
+                                MIN_VERDICT_SEEDS, POWER, fmt, interval_text, p_text, signed)
 
 MISSING = "—"
 # Metrics whose tables add the paired difference to the baseline and the verdict (WSOL's in a
@@ -224,29 +224,30 @@ def other_table(group: Group, interval: str = DEFAULT_INTERVAL) -> Table | None:
 
 def verdict_table(group: Group, interval: str = DEFAULT_INTERVAL,
                   power: float = POWER) -> Table | None:
-    """The summary: per method and headline metric, the difference to the baseline with its
+    """The summary: per headline metric and method, the difference to the baseline with its
     interval, the verdict, and the minimum detectable difference (MDD) with the seeds that would
-    detect the observed difference."""
+    detect the observed difference (one row per metric and method, so that it fits the page)."""
     results = headline_results(group, interval, power)
     if not results:
         return None
-    methods = [m for m in group.methods if any(m in r.comparisons for r in results)]
-    headers, blocks = ["method"], []
+    rows, methods = [], []
     for result in results:
-        label, unit = result.info.label, result.delta_unit
+        unit = result.delta_unit
         digits = column_digits(group.records, result.info.name)
-        headers += [f"Δ {label} ({unit}) [{CONFIDENCE:.0%} CI]", f"verdict ({label})",
-                    f"MDD {label} (seeds for Δ)"]
-        block = []
-        for method in methods:
+        for method in group.methods:
             c = result.comparisons.get(method)
-            p = None if c is None else c.power
+            if c is None:
+                continue
+            p = c.power
             mdd = MISSING if p is None or p.detectable is None else (
-                f"{fmt(p.detectable, unit, digits)}"
+                f"{fmt(p.detectable, unit, digits)} {unit}".rstrip()
                 + ("" if p.seeds_needed is None else f" ({p.seeds_needed})"))
-            block.append([difference_text(c, unit, digits), verdict_text(c), mdd])
-        blocks.append(block)
-    rows = [[m] + [c for block in blocks for c in block[i]] for i, m in enumerate(methods)]
+            d = c.difference
+            diff = c.verdict if d.n == 0 else " ".join(filter(None, (
+                signed(d.mean, unit, digits), unit,
+                interval_text(d.low, d.high, unit, digits, sign=True))))
+            rows.append([result.info.label, method, diff, verdict_text(c), mdd])
+            methods.append(method)
     note = (f"Δ = mean difference to {BASELINE}, paired by seed, with its {CONFIDENCE:.0%} "
             f"interval ({'Student t' if interval == 't' else 'bootstrap'}); verdict: two-sided "
             f"paired t-test, Holm-corrected over the methods, at the {ALPHA:.0%} level, from "
@@ -254,7 +255,9 @@ def verdict_table(group: Group, interval: str = DEFAULT_INTERVAL,
             f"smallest |Δ| the test finds with {power:.0%} power at this seed count (level "
             f"{ALPHA:g} / methods compared, std of the paired differences); in brackets, the "
             f"paired seeds that would find the observed Δ.")
-    return Table(f"Verdicts against {BASELINE}", headers, rows, list(methods), [note])
+    return Table(f"Verdicts against {BASELINE}",
+                 ["metric", "method", f"Δ [{CONFIDENCE:.0%} CI]", "verdict",
+                  "MDD (seeds for Δ)"], rows, methods, [note])
 
 
 def failures_table(group: Group) -> Table | None:
