@@ -177,8 +177,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
               f"{seconds:.0f} s; {best}")
     if not result.sequential:
         print("note: trials ran in parallel, so this study is not reproducible: TPE's constant "
-              "liar and the pruner depend on the order in which trials finish; --jobs 1 (local) "
-              "runs them one at a time, which is")
+              "liar and the pruner depend on the order in which trials finish; --jobs 1 (local "
+              "executor) runs them one at a time and makes the study reproducible")
     print()
     return print_suite(result.suite)
 
