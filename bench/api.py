@@ -250,6 +250,7 @@ class TuneResult:
 
     studies: list[Any]  # bench.tune.TuneOutcome
     suite: SuiteResult
+    sequential: bool = True  # trials one at a time: the only way the study is reproducible
 
 
 def tune(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, trials: int,
@@ -271,7 +272,7 @@ def tune(methods: Optional[SpecLike | Sequence[SpecLike]] = None, *, trials: int
     studies, outcomes, searched = run_tuning(tcfg)
     suite = _finish(cfg, outcomes, report, start)
     suite.times = {"trials": searched, **suite.times}
-    return TuneResult(studies, suite)
+    return TuneResult(studies, suite, cfg.executor != "ray" and cfg.jobs == 1)
 
 
 def _finish(cfg: "SuiteConfig", outcomes: list["RunOutcome"], report: bool,

@@ -79,7 +79,7 @@ def add_suite_arguments(p: argparse.ArgumentParser) -> None:
                    help="shorthand for wsol[cam_curve_interval=X]: the tau sweep's step (0.01)")
     p.add_argument("--maps-images", type=int, default=None, metavar="N",
                    help="shorthand for maps[images=N]: test images the maps task scores "
-                        "(0: all; default 64)")
+                        "(0: all; default 32)")
     p.add_argument("--jobs", type=positive_int, default=None,
                    help="local executor: parallel processes for independent (method, seed) runs "
                    "(default: on the CPU without --threads, one single-thread process per core, "
@@ -196,6 +196,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         for line in study.interrupted:
             print(f"notice: {line}; not counted against the budget, a rerun runs it again",
                   file=sys.stderr)
+    if not result.sequential:
+        print("note: trials ran in parallel, so this study is not reproducible: TPE's constant "
+              "liar and the pruner depend on the order in which trials finish; --jobs 1 (local "
+              "executor) runs them one at a time and makes the study reproducible")
     print()
     return print_suite(result.suite)
 
@@ -239,13 +243,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     from bench.report.collect import configuration_groups, read_store
     from bench.report.results import render
-    from bench.report.stats import check_aggregate, check_interval
+    from bench.report.stats import check_aggregate, check_interval, check_power
 
     check_interval(args.interval)
     check_aggregate(args.aggregate)
+    check_power(args.power)
     records, runs, _, _ = read_store(args.out)
     groups = configuration_groups(records, runs)
-    print(render(groups, args.format, args.interval, args.aggregate, args.per_seed, records))
+    print(render(groups, args.format, args.interval, args.aggregate, args.per_seed, records,
+                 args.power))
     return 0
 
 
@@ -304,7 +310,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from bench.report import write_report
 
-    files = write_report(args.out, args.interval)
+    files = write_report(args.out, args.interval, args.power)
     print(f"report: {files.markdown}\n        {files.html}\nfigures: {len(files.figures)} files "
           f"under {args.out / 'figures'}")
     return 0
@@ -325,6 +331,24 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if result.failures else 0
 
 
+def probability(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+
+
+def add_statistics_arguments(p: argparse.ArgumentParser) -> None:
+    from bench.report.stats import BOOTSTRAP_FROM, DEFAULT_INTERVAL, POWER
+
+    p.add_argument("--interval", default=DEFAULT_INTERVAL,
+                   help=f"confidence interval: t (Student's t, default) or bootstrap (BCa; "
+                        f"recommended from {BOOTSTRAP_FROM} seeds)")
+    p.add_argument("--power", type=probability, default=POWER,
+                   help=f"power of the detectable difference shown for each comparison, in "
+                        f"(0, 1) (default {POWER})")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="bench", description="Compare attention mechanisms for CNN classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -335,7 +359,7 @@ def build_parser() -> Parser:
                        "differences to gap-fc, Holm-corrected verdicts, aggregates")
     p.add_argument("--out", type=directory, default=Path("reports"))
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    p.add_argument("--interval", default="bootstrap", help="confidence interval: bootstrap or t")
+    add_statistics_arguments(p)
     p.add_argument("--aggregate", default="iqm",
                    help="across datasets/backbones: iqm, mean or median")
     p.add_argument("--per-seed", action="store_true",
@@ -376,7 +400,7 @@ def build_parser() -> Parser:
     p.set_defaults(func=cmd_evaluate_wsol)
     p = sub.add_parser("report", help="write report.md, report.html and figures/ from the store")
     p.add_argument("--out", type=directory, default=Path("reports"), help="store and reports directory")
-    p.add_argument("--interval", default="bootstrap", help="confidence interval: bootstrap or t")
+    add_statistics_arguments(p)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("check", help="compare stored results with a baseline; exit 1 on regressions")
     p.add_argument("--out", type=directory, default=Path("reports"), help="store directory")

@@ -7,8 +7,9 @@ on the test split, as ordinary runs of the store, marked as tuned.
 - Search: Optuna's ask-and-tell (``optuna.samplers.RandomSampler`` or ``TPESampler``, in an
   in-memory study rebuilt from the store), so trials run on the suite's executors (this process,
   ``--jobs`` processes, a Ray cluster). Trial ``j`` of every method is asked with the sampler seeded
-  by (sampler seed, j): sequential runs are reproducible, and an interrupted study resumes with the
-  same suggestions. TPE starts with ``max(2, min(10, trials // 3))`` random trials and uses the
+  by (sampler seed, j): a sequential study (``--jobs 1``, local) is reproducible, and an interrupted
+  study resumes with the same suggestions; a parallel one is not (the CLI says so after it), as
+  below. TPE starts with ``max(2, min(10, trials // 3))`` random trials and uses the
   constant liar for trials running in parallel.
 - Pruning (``prune``): Optuna's ``MedianPruner`` (2 startup trials, 1 warm-up epoch) on the
   per-epoch holdout curve. It runs where the trial trains, on a snapshot of the study's finished

@@ -4,11 +4,13 @@ one line; a malformed baseline is one error line (exit 2)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from bench.cli import main
+from bench.report.check import MAX_WIDENING, MIN_NOISE_SEEDS, bounded_tolerance
 from bench.store import Store
 from bench.tasks.base import Metric, TaskResult
 
@@ -158,17 +160,69 @@ def test_update_records_the_seed_spread(gated):
     assert top1["seeds"] == 2 and top1["std"] == pytest.approx(2 ** 0.5)  # seeds 70 and 72
 
 
+T975_DF2 = 4.30265273  # Student's t(0.975, 2), from tables
+
+
 @pytest.mark.parametrize("shift, fails", [(3.8, False), (4.1, True)])
 def test_noise_margin_from_the_baselines_seeds(gated, capsys, shift, fails):
     """Baseline of m = 3 seeds with std 1; current mean of n = 2 seeds (71.0): the allowed drop
-    is t(0.975, 2) * 1 * sqrt(1/2 + 1/3) = 4.30265 * 0.91287 = 3.928 percentage points."""
+    is t(0.975, 2) * 1 * sqrt(1/2 + 1/3) = 4.30265 * 0.91287 = 3.928 percentage points, inside
+    the bounds [2, 2 x 2] of the fixed tolerance 2."""
     out_dir, baseline = gated
     edit(baseline, lambda d: record(d, "gap-fc", "top1").update(value=71.0 + shift, seeds=3, std=1.0))
     code, out, _ = cli(capsys, "check", "--out", str(out_dir), "--baseline", str(baseline))
     assert code == (1 if fails else 0)
+    margin = T975_DF2 * math.sqrt(1 / 2 + 1 / 3)
     if fails:
-        assert ("tolerance 3.928 (95% prediction margin of the baseline's 3 seeds, std 1)"
-                in out)
+        assert (f"tolerance {margin:.4g} (fixed 2, 95% prediction margin {margin:.4g} of the "
+                "baseline's 3 seeds with std 1, bounded to [2, 2 x 2])") in out
+
+
+@pytest.mark.parametrize("shift, fails", [(3.9, False), (4.1, True)])
+def test_noise_margin_widens_at_most_by_the_stated_factor(gated, capsys, shift, fails):
+    """std 5 over 3 seeds: the margin, 4.30265 * 5 * 0.91287 = 19.6 pp, is capped at
+    MAX_WIDENING x the fixed 2 pp = 4 pp, so a 4.1 pp drop fails."""
+    out_dir, baseline = gated
+    edit(baseline, lambda d: record(d, "gap-fc", "top1").update(value=71.0 + shift, seeds=3, std=5.0))
+    code, out, _ = cli(capsys, "check", "--out", str(out_dir), "--baseline", str(baseline))
+    assert MAX_WIDENING == 2.0
+    assert code == (1 if fails else 0)
+    if fails:
+        margin = T975_DF2 * 5 * math.sqrt(1 / 2 + 1 / 3)
+        assert f"tolerance 4 (fixed 2, 95% prediction margin {margin:.4g}" in out
+
+
+@pytest.mark.parametrize("shift, fails", [(1.9, False), (2.1, True)])
+def test_noise_margin_never_narrows_the_fixed_tolerance(gated, capsys, shift, fails):
+    """std 0 (e.g. 100% on every seed): the margin is 0, the fixed 2 pp still applies."""
+    out_dir, baseline = gated
+    edit(baseline, lambda d: record(d, "gap-fc", "top1").update(value=71.0 + shift, seeds=5, std=0.0))
+    code, out, _ = cli(capsys, "check", "--out", str(out_dir), "--baseline", str(baseline))
+    assert code == (1 if fails else 0)
+    if fails:
+        assert "tolerance 2 (fixed 2, 95% prediction margin 0 " in out
+
+
+@pytest.mark.parametrize("shift, fails", [(1.9, False), (2.1, True)])
+def test_two_baseline_seeds_get_the_fixed_tolerance(gated, capsys, shift, fails):
+    """m = 2, std 2: the prediction margin would be t(0.975, 1) * 2 * sqrt(1/2 + 1/2) = 25.4 pp;
+    below MIN_NOISE_SEEDS baseline seeds the fixed 2 pp applies instead."""
+    out_dir, baseline = gated
+    edit(baseline, lambda d: record(d, "gap-fc", "top1").update(value=71.0 + shift, seeds=2, std=2.0))
+    code, out, _ = cli(capsys, "check", "--out", str(out_dir), "--baseline", str(baseline))
+    assert MIN_NOISE_SEEDS == 3
+    assert code == (1 if fails else 0)
+    if fails:
+        assert ("REGRESSION gap-fc toy/resnet8 accuracy/top1: baseline 73.1000, current 71.0000 "
+                "(mean of 2 seeds), tolerance 2") in out
+
+
+def test_bounded_tolerance_edges():
+    assert bounded_tolerance(2.0, None) == 2.0
+    assert bounded_tolerance(2.0, 0.0) == 2.0
+    assert bounded_tolerance(2.0, 3.0) == 3.0
+    assert bounded_tolerance(2.0, 25.0) == 2.0 * MAX_WIDENING
+    assert bounded_tolerance(0.0, 1.0) == 0.0  # a zero tolerance stays zero
 
 
 def test_check_limits_itself_to_the_methods_in_the_store(gated, capsys):

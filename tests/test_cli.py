@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
+from conftest import refused
 from bench.store import Store
 from bench.tasks.base import Metric, TaskResult
 
@@ -58,7 +59,9 @@ def test_results_json_records(tmp_path, capsys):
     assert summary["top1"]["mean"] == top1[0]["value"] and summary["top1"]["n"] == 1
     assert summary["top1"]["ci_low"] is None  # one seed: no interval, never a zero-width one
     code, out, _ = run_cli(capsys, "results", "--out", str(tmp_path))
-    assert "(n=1)" in out and "mean ± 95% CI" in out
+    assert "(n=1, no interval)" in out and "mean ± 95% CI" in out  # Student t: symmetric
+    code, out, _ = run_cli(capsys, "results", "--out", str(tmp_path), "--interval", "bootstrap")
+    assert "mean [95% CI]" in out
 
 
 @pytest.mark.parametrize("flag, value", [("--interval", "jackknife"), ("--aggregate", "trimmed")])
@@ -66,6 +69,33 @@ def test_results_refuses_unknown_statistics(tmp_path, capsys, flag, value):
     Store(tmp_path / "results.sqlite").close()
     code, _, err = run_cli(capsys, "results", "--out", str(tmp_path), flag, value)
     assert code == 2 and err.count("\n") == 1 and f"{flag} {value!r}" in err and "valid: " in err
+
+
+@pytest.mark.parametrize("command", ["results", "report"])
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.2", "high"])
+def test_power_outside_0_1_is_refused(tmp_path, capsys, command, value):
+    store = tmp_path / "results.sqlite"
+    Store(store).close()
+    err = refused(capsys, [command, "--out", str(tmp_path), "--power", value], store)
+    assert "--power" in err and ("strictly between 0 and 1" in err or "in (0, 1)" in err)
+
+
+def test_report_refuses_an_unknown_interval(tmp_path, capsys):
+    store = tmp_path / "results.sqlite"
+    Store(store).close()
+    err = refused(capsys, ["report", "--out", str(tmp_path), "--interval", "jackknife"], store)
+    assert "--interval 'jackknife'" in err and "valid: t, bootstrap" in err
+
+
+def test_maps_images_help_states_the_tasks_default():
+    from bench.cli import build_parser
+    from bench.plugins import load_all
+    from bench.registry import TASKS
+
+    load_all()
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    help_text = run._option_string_actions["--maps-images"].help
+    assert f"default {TASKS.get('maps').defaults['images']})" in help_text
 
 
 def test_list_shows_every_registry(capsys):

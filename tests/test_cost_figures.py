@@ -4,7 +4,10 @@ the supported torch version.
 ``resnet50_costs.json`` holds, per method with its default options, the parameter counts and the
 MACs per image behind ``gmacs``, ``gmacs_all`` and ``gmacs_train``. Each MAC count was obtained by a
 route other than the one ``counted_figures`` takes for that figure, and stored only where both
-routes agree (``PYTHONPATH=. python tests/test_cost_figures.py`` redoes this and rewrites the file):
+routes agree (``PYTHONPATH=. python tests/test_cost_figures.py`` redoes this and rewrites the file).
+Only ``gmacs`` and the parameter counts are independent of bench's code; ``gmacs_all`` and
+``gmacs_train`` reuse bench's rule table on both routes, so they check how ops reach the table
+(trace against dispatcher, and the version), not the table's rules themselves:
 
 - ``gmacs``: fvcore's FlopCountAnalysis with only its own op handles (no bench code), traced;
   ``counted_figures`` filters the default set out of a trace that also applies bench's rule table.

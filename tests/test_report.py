@@ -19,7 +19,7 @@ from bench.report import write_report
 from bench.report.collect import BASELINE_COLOUR, load, method_order, method_palette
 from bench.report.figures import Plotter, accuracy_vs_cost
 from bench.report.results import summary_frame
-from bench.report.stats import estimate
+from bench.report.stats import ALPHA, estimate, power
 from bench.report.tables import describe_extras
 from bench.store import Store
 from bench.tasks.base import Metric, TaskResult
@@ -28,7 +28,7 @@ METHOD_ORDER = ["gap-fc", "se", "se[r=8]", "ssia"]  # none but gap-fc registered
 TOP1 = {"gap-fc": [70.0, 72.0], "se": [74.0, 75.0], "se[r=8]": [71.0, 73.5], "ssia": [70.5]}
 WSOL = ["gt_known_loc", "top1_loc", "maxboxacc_v2", "maxboxacc_30", "maxboxacc_50", "maxboxacc_70",
         "maxboxacc_v1", "pxap"]
-FIGURE_KINDS = ["accuracy-vs-cost", "training-step", "latency", "wsol", "curves"]
+FIGURE_KINDS = ["forest", "accuracy-vs-cost", "training-step", "latency", "wsol", "curves"]
 
 
 def add_run(store: Store, method: str, seed: int, recipe: dict | None = None) -> int:
@@ -191,30 +191,68 @@ def test_settings_that_differ_name_their_methods():
 
 
 def test_accuracy_numbers(report):
-    """Means with intervals; differences paired by seed; paired t-tests Holm-corrected over the
-    two methods with a test (se, se[r=8]); one seed: no interval and no test."""
+    """Means with Student t intervals; differences paired by seed; two paired seeds: the
+    difference and its interval, no verdict; one seed: no interval and no test."""
     _, _, markdown, _ = report
     rows = {r[0]: r for r in md_tables(markdown)["Accuracy"][1:]}
-    assert rows["gap-fc"][1:6] == ["2", estimate(TOP1["gap-fc"]).text("%", 2), "reference", "—",
-                                   "reference"]
-    diffs = {m: [a - b for a, b in zip(TOP1[m], TOP1["gap-fc"])] for m in ("se", "se[r=8]")}
-    holm_se = holm([paired_p(diffs["se"]), paired_p(diffs["se[r=8]"])])[0]
-    assert rows["se"][2] == estimate(TOP1["se"]).text("%", 2)
-    assert rows["se"][3].startswith("+3.50 [")  # paired differences 4 and 3
-    assert rows["se"][4] == f"{holm_se:.3g}"
-    assert rows["se"][5] == "no detectable difference (n=2)"
+    assert rows["gap-fc"][1:7] == ["2", estimate(TOP1["gap-fc"]).text("%", 2), "reference", "—",
+                                   "reference", "—"]
+    assert rows["se"][2] == estimate(TOP1["se"]).text("%", 2) == "74.50 ± 6.35"  # 12.706 * .5
+    # paired differences 4 and 3: mean 3.5, t(0.975, 1) * sd (0.7071) / sqrt 2 = 6.353
+    assert rows["se"][3] == "+3.50 [-2.85, +9.85]"
+    assert rows["se"][4] == "—" and rows["se"][5] == "2 seeds: too few for a verdict"
+    # what 2 seeds can detect, at alpha / 3 methods: shown though there is no verdict
+    mdd = power([4.0, 3.0], ALPHA / 3).detectable
+    assert rows["se"][6].startswith(f"detectable from {mdd:.2f} pp; about ")
     assert rows["se[r=8]"][3].startswith("+1.25 [")
-    assert rows["ssia"][1:6] == ["1", "70.50 (n=1, no interval)", "+0.50 (n=1)", "—",
-                                 "n=1: no test"]  # paired: seed 0 only (70.5 vs 70.0)
-    assert rows["se"][9] == "no spread: no test"  # top-5 is 99.0 for every run
+    assert rows["ssia"][1:7] == ["1", "70.50 (n=1, no interval)", "+0.50 (n=1, no interval)", "—",
+                                 "n=1: no test", "—"]  # paired: seed 0 only (70.5 vs 70.0)
+    assert rows["se"][10] == "2 seeds: too few for a verdict"  # top-5
+
+
+def test_verdicts_from_three_paired_seeds(tmp_path):
+    """Three paired seeds: Holm-corrected p over the two methods, a verdict and the power."""
+    values = {"gap-fc": [70.0, 72.0, 71.0], "se": [74.0, 75.0, 74.5], "cbam": [71.0, 71.5, 72.5]}
+    store = Store(tmp_path / "results.sqlite")
+    for method, top1 in values.items():
+        for seed, v in enumerate(top1):
+            run = add_run(store, method, seed)
+            store.record_task(run, "accuracy", TaskResult([Metric("top1", v, "%"),
+                                                           Metric("top5", 99.0, "%")]))
+            store.end_run(run, "complete", None)
+    store.close()
+    markdown = write_report(tmp_path).markdown.read_text()
+    rows = {r[0]: r for r in md_tables(markdown)["Accuracy"][1:]}
+    diffs = {m: [a - b for a, b in zip(values[m], values["gap-fc"])] for m in ("se", "cbam")}
+    holm_se, holm_cbam = holm([paired_p(diffs["se"]), paired_p(diffs["cbam"])])
+    assert rows["se"][4] == f"{holm_se:.3g}" and rows["cbam"][4] == f"{holm_cbam:.3g}"
+    assert holm_se < 0.05 < holm_cbam  # se: t = 3.5 / (0.5 / sqrt 3) = 12.1 on 2 df
+    assert rows["se"][5] == "better (n=3)"
+    assert rows["cbam"][5] == "no detectable difference (n=3)"
+    assert rows["se"][10] == "no spread: no test"  # top-5 is 99.0 for every run
+    cbam = power(diffs["cbam"], ALPHA / 2)
+    assert rows["cbam"][6] == (f"detectable from {cbam.detectable:.2f} pp; about "
+                               f"{cbam.seeds_needed} seeds for the observed difference")
+    verdicts = {(r[0], r[1]): r for r in md_tables(markdown)["toy / resnet8 (3 seeds): verdicts "
+                                                             "against the baseline"][1:]}
+    diff, interval = rows["cbam"][3].split(" ", 1)  # the accuracy table's "Δ [CI]" cell
+    assert verdicts[("top-1", "cbam")][2:5] == [f"{diff} pp {interval}", rows["cbam"][5],
+                                               f"{cbam.detectable:.2f} pp ({cbam.seeds_needed})"]
 
 
 def test_summary_states_the_verdicts_first(report):
+    """The summary is a verdict table (method x headline metric) and a forest plot."""
     _, _, markdown, _ = report
     summary = markdown.split("## Summary", 1)[1].split("\n## ", 1)[0]
-    assert "toy / resnet8 (1-2 seeds" in summary
-    assert "se: +3.50 pp [" in summary and "no detectable difference (2 seeds)" in summary
-    assert "ssia: +0.50 pp, n=1: no test (1 seed)" in summary
+    table = md_tables(summary)["toy / resnet8 (1-2 seeds): verdicts against the baseline"]
+    assert table[0] == ["metric", "method", "Δ [95% CI]", "verdict", "MDD (seeds for Δ)"]
+    assert [r[:2] for r in table[1:]] == [[m, x] for m in ("top-1", "MaxBoxAccV2", "PxAP")
+                                          for x in ("se", "se[r=8]", "ssia") if
+                                          m == "top-1" or x != "ssia"]  # ssia's wsol failed
+    rows = {(r[0], r[1]): r for r in table[1:]}
+    assert rows[("top-1", "se")][2:4] == ["+3.50 pp [-2.85, +9.85]", "2 seeds: too few for a verdict"]
+    assert rows[("top-1", "ssia")][2:5] == ["+0.50 pp (n=1, no interval)", "n=1: no test", "—"]
+    assert "![Differences to gap-fc](figures/toy-resnet8-forest.png)" in summary
 
 
 def test_wsol_cost_and_missing_cells(report):

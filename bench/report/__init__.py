@@ -10,16 +10,16 @@ import matplotlib as mpl
 import seaborn as sns
 
 from bench.report.collect import Group, ReportData, load, resolve_artifact
-from bench.report.conclusions import verdict_summary
 from bench.report.document import Block, Document, Figure, Image, Paragraph, Section, Table
 from bench.report.environment import environment_blocks
-from bench.report.figures import STYLE, Plotter, group_figures
+from bench.report.figures import STYLE, Plotter, forest, group_figures
 from bench.report.headline import headline_section
 from bench.report.html import MIME, render_html
 from bench.report.maps import maps_blocks
 from bench.report.markdown import render_markdown
 from bench.report.results import summary_frame
-from bench.report.tables import group_tables
+from bench.report.stats import DEFAULT_INTERVAL, POWER
+from bench.report.tables import group_tables, verdict_table
 from bench.report.tuning import tuning_section
 
 __all__ = ["ReportFiles", "write_report", "build_document"]
@@ -73,16 +73,23 @@ def seeds_text(group: Group) -> str:
     return f"{'-'.join(map(str, (counts[0], counts[-1]))) if len(counts) > 1 else counts[0]} seeds"
 
 
-def summary_section(data: ReportData, interval: str) -> Section:
-    """The conclusions first: per group, each method against the baseline (paired by seed,
-    Holm-corrected), from the same statistics as the tables."""
+def summary_section(data: ReportData, plot: Plotter) -> Section:
+    """The conclusions first: per group, the verdict table (each method against the baseline on
+    the headline metrics, paired by seed, Holm-corrected, with the minimum detectable difference)
+    and the forest plot, from the same statistics as the tables."""
     blocks: list[Block] = []
     for group in data.groups:
-        lines = verdict_summary(group, interval)
-        text = " ".join(lines) if lines else "No method compared with the baseline yet."
-        blocks.append(Paragraph(f"{group.label} ({seeds_text(group)}; difference to the "
-                                f"baseline [95% CI], verdict at the Holm-corrected 5% level): "
-                                f"{text}"))
+        table = verdict_table(group, plot.interval, plot.power)
+        if table is None:
+            blocks.append(Paragraph(f"{group.label} ({seeds_text(group)}): no method compared "
+                                    "with the baseline yet."))
+            continue
+        table.title = f"{group.label} ({seeds_text(group)}): verdicts against the baseline"
+        blocks.append(table)
+        with sns.axes_style("whitegrid"), mpl.rc_context(STYLE):
+            figure = forest(group, plot)
+        if figure is not None:
+            blocks.append(figure)
     if not blocks:
         blocks.append(Paragraph("No results stored yet."))
     return Section("Summary", "summary", blocks)
@@ -118,25 +125,26 @@ def time_spent_table(group: Group) -> Table | None:
                   "training time is absent for runs whose weights were loaded from a checkpoint."])
 
 
-def group_section(group: Group, data: ReportData, plot: Plotter, interval: str) -> Section:
+def group_section(group: Group, data: ReportData, plot: Plotter) -> Section:
     blocks: list[Block] = [recipe_paragraph(group)]
-    blocks += group_tables(group, interval)
+    blocks += group_tables(group, plot.interval, plot.power)
     timing = time_spent_table(group)
     if timing is not None:
         blocks.append(timing)
-    blocks += group_figures(group, summary_frame([group], interval), plot)
+    blocks += group_figures(group, summary_frame([group], plot.interval, plot.power), plot)
     blocks += maps_blocks(group, plot)
     blocks += artifact_images(group, data.out_dir)
     return Section(group.label, group.slug, blocks, group.methods)
 
 
-def build_document(data: ReportData, interval: str = "bootstrap") -> Document:
+def build_document(data: ReportData, interval: str = DEFAULT_INTERVAL,
+                   power: float = POWER) -> Document:
     """The whole report for the store's contents; every table and figure that the data allow."""
-    plot = Plotter(data.out_dir / "figures", data.palette)
-    headline = headline_section(data.groups)
+    plot = Plotter(data.out_dir / "figures", data.palette, interval, power)
+    headline = headline_section(data.groups, interval)
     sections = [headline] if headline else []
-    sections.append(summary_section(data, interval))
-    sections += [group_section(g, data, plot, interval) for g in data.groups]
+    sections.append(summary_section(data, plot))
+    sections += [group_section(g, data, plot) for g in data.groups]
     with sns.axes_style("whitegrid"), mpl.rc_context(STYLE):
         tuning = tuning_section(data.trials, plot)
     if tuning is not None:
@@ -153,14 +161,17 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_report(out_dir: Path, interval: str = "bootstrap") -> ReportFiles:
+def write_report(out_dir: Path, interval: str = DEFAULT_INTERVAL,
+                 power: float = POWER) -> ReportFiles:
     """Read the store under ``out_dir`` and write report.md, report.html and figures/ there;
-    ``interval``: how confidence intervals are computed (bootstrap or t)."""
-    from bench.report.stats import check_interval
+    ``interval``: how confidence intervals are computed (t or bootstrap); ``power``: of the
+    minimum detectable differences."""
+    from bench.report.stats import check_interval, check_power
 
     out_dir = Path(out_dir)
     check_interval(interval)
-    doc = build_document(load(out_dir), interval)
+    check_power(power)
+    doc = build_document(load(out_dir), interval, power)
     markdown, html = out_dir / "report.md", out_dir / "report.html"
     _write(markdown, render_markdown(doc, out_dir))
     _write(html, render_html(doc))

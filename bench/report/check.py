@@ -13,13 +13,16 @@ better, come from the metric catalogue, ``bench.metrics``):
   agree);
 - every metric gated with a tolerance may move by at most that tolerance in the bad direction; a
   move in the good direction beyond it passes and is reported as an improvement to adopt with
-  ``--update``. The tolerance is the record's own ``tolerance`` if it has one; else, where the
-  baseline holds several seeds (``seeds`` >= 2 and their ``std``, written by ``--update``), the
-  seed noise decides: the half-width of the 95% prediction interval of the current mean,
-  t(0.975, m - 1) * std * sqrt(1/n + 1/m) for m baseline and n current seeds; else
-  ``default_tolerance[metric]``, else, for percentage metrics only, ``default_tolerance[task]``,
-  else the catalogue's default. Tolerances are in the metric's own unit (percentage points for
-  accuracy and localization), so a task's default never applies to e.g. its loss in nats;
+  ``--update``. The tolerance is the record's own ``tolerance`` if it has one; else the fixed
+  tolerance, ``default_tolerance[metric]``, else, for percentage metrics only,
+  ``default_tolerance[task]``, else the catalogue's default, widened by the seed noise where the
+  baseline holds ``MIN_NOISE_SEEDS`` seeds or more (``seeds`` and their ``std``, written by
+  ``--update``): the half-width of the 95% prediction interval of the current mean,
+  t(0.975, m - 1) * std * sqrt(1/n + 1/m) for m baseline and n current seeds, bounded to
+  [fixed, ``MAX_WIDENING`` x fixed]: the noise margin never narrows the fixed tolerance (a metric
+  at 100% on every seed keeps it) and never widens it more than that factor. Tolerances are in
+  the metric's own unit (percentage points for accuracy and localization), so a task's default
+  never applies to e.g. its loss in nats;
 - ``--methods`` limits the gate to some methods (default: the methods in the store), so a store
   of a subset is checked against the records of that subset;
 - metrics not gated (timings: too noisy) are never compared; a baseline listing one is refused;
@@ -46,6 +49,8 @@ DEFAULT_TOLERANCE = {"accuracy": 2.0, "wsol": 5.0}
 KEY_FIELDS = ("method", "dataset", "backbone", "task", "metric")
 OPTIONAL_FIELDS = ("tolerance", "seeds", "std")
 EPS = 1e-9  # float slack on tolerance comparisons (not used for exact metrics)
+MIN_NOISE_SEEDS = 3  # baseline seeds from which the seed noise may widen the fixed tolerance
+MAX_WIDENING = 2.0  # the noise-aware tolerance is at most this many times the fixed one
 
 Key = tuple[str, str, str, str, str]
 
@@ -62,8 +67,9 @@ class Record:
     def noise_margin(self, current_seeds: int) -> Optional[float]:
         """How far the mean of ``current_seeds`` new seeds may fall below the baseline's mean by
         seed noise alone: the half-width of the 95% prediction interval, t(0.975, m - 1) * std *
-        sqrt(1/n + 1/m), for a baseline of m >= 2 seeds; None otherwise."""
-        if self.std is None or not self.seeds or self.seeds < 2 or current_seeds < 1:
+        sqrt(1/n + 1/m), for a baseline of m >= ``MIN_NOISE_SEEDS`` seeds; None otherwise."""
+        if (self.std is None or not self.seeds or self.seeds < MIN_NOISE_SEEDS
+                or current_seeds < 1):
             return None
         from scipy import stats
 
@@ -236,10 +242,18 @@ def stored_values(out_dir: Path) -> dict[Key, tuple[str, list[float]]]:
     return values
 
 
+def bounded_tolerance(fixed: float, margin: Optional[float]) -> float:
+    """The fixed tolerance widened by the noise ``margin``, within [fixed, MAX_WIDENING x fixed]
+    (the fixed tolerance alone without a margin)."""
+    if margin is None:
+        return fixed
+    return min(max(margin, fixed), MAX_WIDENING * fixed)
+
+
 def compare(record: Record, tolerance: Optional[float], values: list[float]) -> tuple[str, str]:
     """("fail" | "improved" | "ok", message) for one baseline record and its stored values. A
-    record of several seeds (with their std) and no tolerance of its own is compared by its
-    seed noise (``Record.noise_margin``) instead of the default tolerance."""
+    record of ``MIN_NOISE_SEEDS`` seeds or more (with their std) and no tolerance of its own has
+    the fixed tolerance widened by its seed noise (``bounded_tolerance``)."""
     metric = record.key[4]
     if not values:
         return "fail", f"MISSING {record.describe()}: baseline {number(record.value)}, not in the store"
@@ -258,9 +272,10 @@ def compare(record: Record, tolerance: Optional[float], values: list[float]) -> 
     worse = change if lower_is_better(metric) else -change
     margin = record.noise_margin(len(values)) if record.tolerance is None else None
     if margin is not None:
-        tolerance = margin
-        how = (f"tolerance {margin:.4g} (95% prediction margin of the baseline's {record.seeds} "
-               f"seeds, std {record.std:.4g})")
+        fixed, tolerance = tolerance, bounded_tolerance(tolerance, margin)
+        how = (f"tolerance {tolerance:.4g} (fixed {fixed:g}, 95% prediction margin {margin:.4g} "
+               f"of the baseline's {record.seeds} seeds with std {record.std:.4g}, bounded to "
+               f"[{fixed:g}, {MAX_WIDENING:g} x {fixed:g}])")
     else:
         how = f"tolerance {tolerance:g}"
     text = (f"{record.describe()}: baseline {record.value:.4f}, current {current:.4f} "

@@ -1,7 +1,8 @@
 """From stored numbers to conclusions, for one configuration group: each method's mean with its
 confidence interval, and each method against the baseline, paired by seed, with a Holm-corrected
-verdict (bench/report/stats.py). Tables, figures, the report's summary, ``bench results`` and the
-summary after a run all read these, so they never disagree."""
+verdict and the test's power (bench/report/stats.py). Tables, figures, the report's verdict table
+and forest plot, ``bench results`` and the summary after a run all read these, so they never
+disagree."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,11 +12,12 @@ import pandas as pd
 
 from bench.metrics import HIGHER, LOWER, METRICS, MetricInfo
 from bench.report.collect import BASELINE, Group
-from bench.report.stats import (BETTER, SAME, WORSE, Comparison, Estimate, compare, estimate,
-                                signed)
+from bench.report.stats import (BETTER, DEFAULT_INTERVAL, POWER, SAME, WORSE, Comparison, Estimate,
+                                compare, estimate, interval_text, signed)
 
-# The metrics whose verdicts the report's summary states, in this order.
-VERDICT_METRICS = ("top1", "maxboxacc_v2", "gt_known_loc", "pxap")
+# The headline comparisons: the metrics of the report's verdict table and forest plot, in this
+# order (those a group has; a metric is one entry).
+HEADLINE_COMPARISONS = ("top1", "maxboxacc_v2", "pxap", "learning_auc")
 
 
 def seed_values(records: pd.DataFrame, method: str, metric: str,
@@ -41,21 +43,14 @@ class MetricResult:
     estimates: dict[str, Estimate]
     comparisons: dict[str, Comparison]  # vs the baseline; empty without a direction or baseline
 
-    def sentence(self, method: str) -> Optional[str]:
-        """``se: +1.23 pp [0.45, 2.01], better (3 seeds)`` for a compared method."""
-        c = self.comparisons.get(method)
-        if c is None or c.difference.n == 0:
-            return None
-        unit = "pp" if self.info.unit == "%" else self.info.unit
-        d = c.difference
-        interval = (f" [{signed(d.low, unit)}, {signed(d.high, unit)}]" if d.low is not None
-                    else "")
-        return (f"{method}: {signed(d.mean, unit)} {unit}{interval}, {c.verdict} "
-                f"({d.n} seed{'s' if d.n != 1 else ''})")
+    @property
+    def delta_unit(self) -> str:
+        """The unit of a difference: percentage points for a percentage."""
+        return "pp" if self.info.unit == "%" else self.info.unit
 
 
 def analyse(records: pd.DataFrame, methods: list[str], metric: str, setting: str = "",
-            interval: str = "bootstrap") -> MetricResult:
+            interval: str = DEFAULT_INTERVAL, power: float = POWER) -> MetricResult:
     """Means with intervals for every method; comparisons with the baseline (Holm over the
     methods) when the metric has a better direction and the group has the baseline."""
     rows = records[records["metric"] == metric]
@@ -65,21 +60,18 @@ def analyse(records: pd.DataFrame, methods: list[str], metric: str, setting: str
     estimates = {m: estimate(list(v.values()), interval) for m, v in by_method.items()}
     comparisons = {}
     if info.direction in (HIGHER, LOWER) and BASELINE in by_method:
-        comparisons = compare(by_method, BASELINE, info.direction, interval)
+        comparisons = compare(by_method, BASELINE, info.direction, interval, target_power=power)
     return MetricResult(info, setting, estimates, comparisons)
 
 
-def verdict_summary(group: Group, interval: str = "bootstrap") -> list[str]:
-    """One line per verdict metric present: each method against the baseline."""
-    lines = []
-    for metric in VERDICT_METRICS:
-        if metric not in set(group.records["metric"]):
-            continue
-        result = analyse(group.records, group.methods, metric, "", interval)
-        sentences = [s for m in group.methods if (s := result.sentence(m))]
-        if sentences:
-            lines.append(f"{result.info.label}: " + "; ".join(sentences) + ".")
-    return lines
+def headline_results(group: Group, interval: str = DEFAULT_INTERVAL,
+                     power: float = POWER) -> list[MetricResult]:
+    """The headline comparisons (``HEADLINE_COMPARISONS``) the group has, each against the
+    baseline."""
+    present = set(group.records["metric"])
+    results = [analyse(group.records, group.methods, name, "", interval, power)
+               for name in HEADLINE_COMPARISONS if name in present]
+    return [r for r in results if r.comparisons]
 
 
 def verdict_counts(result: MetricResult) -> dict[str, int]:
@@ -95,7 +87,19 @@ def difference_text(comparison: Optional[Comparison], unit: str, digits: int) ->
     d = comparison.difference
     if d.n == 0:
         return comparison.verdict
-    if d.low is None:
-        return f"{signed(d.mean, unit, digits)} (n=1)"
-    return (f"{signed(d.mean, unit, digits)} [{signed(d.low, unit, digits)}, "
-            f"{signed(d.high, unit, digits)}]")
+    return f"{signed(d.mean, unit, digits)} {interval_text(d.low, d.high, unit, digits, sign=True)}"
+
+
+def verdict_text(comparison: Optional[Comparison]) -> str:
+    """``better (n=3)``, or why there is no verdict (``2 seeds: too few for a verdict``)."""
+    if comparison is None:
+        return "—"
+    return (f"{comparison.verdict} (n={comparison.n})" if comparison.verdict in (BETTER, WORSE, SAME)
+            else comparison.verdict)
+
+
+def power_text(comparison: Optional[Comparison], unit: str, digits: int) -> str:
+    """``detectable from 2.90 pp; about 14 seeds for the observed difference``, or ``—``."""
+    if comparison is None or comparison.power is None:
+        return "—"
+    return comparison.power.text(unit, digits)

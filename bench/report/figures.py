@@ -1,6 +1,7 @@
 """The report's figures (seaborn on matplotlib's object API, no pyplot state), each written as PNG
-and SVG under ``figures/``: accuracy against cost (GMACs and training-step cost), training-step
-cost, latency, WSOL metrics and the per-epoch training curves. Means and error bars are read from
+and SVG under ``figures/``: the forest plot of the headline comparisons, accuracy against cost
+(GMACs and training-step cost), training-step cost, latency, WSOL metrics and the per-epoch
+training curves. Means and error bars are read from
 the group's summary frame (``bench.report.results.summary_frame``, what ``bench.results`` and
 ``bench results --format csv`` give), so figures, tables and notebooks show one set of numbers;
 curve bands are seaborn's seeded bootstrap intervals. Every method keeps its palette colour and its
@@ -21,8 +22,10 @@ from matplotlib.ticker import MaxNLocator
 
 from bench.metrics import METRICS
 from bench.report.collect import BASELINE, Group
+from bench.report.conclusions import headline_results
 from bench.report.document import Figure
-from bench.report.stats import SEED, Estimate
+from bench.report.stats import (CONFIDENCE, DEFAULT_INTERVAL, MIN_VERDICT_SEEDS, POWER, SEED,
+                                Estimate)
 
 STYLE = {"svg.hashsalt": "bench-report", "svg.fonttype": "path", "font.size": 9,
          "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8}
@@ -31,11 +34,15 @@ CURVES = [("train_loss", "training loss"), ("train_top1", "training top-1 (%)"),
 
 
 class Plotter:
-    """Makes figures in the report style and saves them, as PNG and SVG, under ``directory``."""
+    """Makes figures in the report style and saves them, as PNG and SVG, under ``directory``;
+    intervals as the tables compute them (``interval``, ``power``)."""
 
-    def __init__(self, directory: Path, palette: dict[str, str]) -> None:
+    def __init__(self, directory: Path, palette: dict[str, str], interval: str = DEFAULT_INTERVAL,
+                 power: float = POWER) -> None:
         self.directory = directory
         self.palette = palette
+        self.interval = interval
+        self.power = power
 
     def new(self, ncols: int = 1, nrows: int = 1, width: float = 0.0,
             height: float = 3.6) -> tuple[MplFigure, Any]:
@@ -204,6 +211,41 @@ def training_curves(group: Group, summary: pd.DataFrame, plot: Plotter) -> Optio
     _legend(fig, methods, plot.palette, "_")
     return plot.save(fig, f"{group.slug}-curves", "Training curves",
                      "Per-epoch curves, mean over seeds (band: 95% bootstrap interval).")
+
+
+def forest(group: Group, plot: Plotter) -> Optional[Figure]:
+    """The difference to the baseline with its 95% interval, per method (rows) and headline
+    metric (panels): the standard figure for comparisons against a reference. A difference
+    without an interval (one paired seed) is a hollow marker."""
+    results = headline_results(group, plot.interval, plot.power)
+    if not results:
+        return None
+    methods = [m for m in group.methods if any(m in r.comparisons for r in results)]
+    fig, axes = plot.new(ncols=len(results), width=max(6.0, 3.2 * len(results) + 1.6),
+                         height=0.9 + 0.32 * len(methods))
+    for ax, result in zip(np.atleast_1d(axes), results):
+        for row, method in enumerate(methods):
+            c = result.comparisons.get(method)
+            if c is None or c.difference.n == 0:
+                continue
+            d = c.difference
+            colour = plot.palette[method]
+            if d.low is not None:
+                ax.errorbar(d.mean, row, xerr=[[d.mean - d.low], [d.high - d.mean]], fmt="o",
+                            color=colour, ecolor=colour, capsize=3, markersize=6)
+            else:
+                ax.plot(d.mean, row, "o", markerfacecolor="white", color=colour, markersize=6)
+        ax.axvline(0.0, color=plot.palette.get(BASELINE, "#3a3a3a"), linewidth=0.8, linestyle="--")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.set_yticks(range(len(methods)), methods if ax is np.atleast_1d(axes)[0] else [])
+        ax.set_ylim(len(methods) - 0.5, -0.5)
+        ax.set_xlabel(f"Δ {result.info.label} ({result.delta_unit})".replace(" ()", ""))
+        ax.set_title(result.info.label)
+    return plot.save(fig, f"{group.slug}-forest", f"Differences to {BASELINE}",
+                     f"Each method's mean difference to {BASELINE}, paired by seed, with its "
+                     f"{CONFIDENCE:.0%} confidence interval ({plot.interval}), one panel per "
+                     f"headline metric; dashed line: no difference. Verdicts (Holm-corrected, "
+                     f"from {MIN_VERDICT_SEEDS} paired seeds) are in the verdict table.")
 
 
 FIGURES = [accuracy_vs_cost, training_step, latency, wsol_bars, training_curves]

@@ -1,5 +1,5 @@
 """The report's map-quality part (the ``maps`` task): two method x map-source tables, localization
-and faithfulness (mean ± 95% confidence half-width over seeds; "n/a" where a method has no such map, "—" where
+and faithfulness (mean ± half-width of the Student t 95% confidence interval over seeds; "n/a" where a method has no such map, "—" where
 nothing was measured), and per method a gallery of the same test images under every map source,
 drawn from the maps the task saved (``figures/maps-run<id>.npz``, its first seed's)."""
 from __future__ import annotations
@@ -71,10 +71,11 @@ def _table(title: str, records: pd.DataFrame, columns: list[MetricInfo], group: 
     return Table(title, headers, rows, methods, notes)
 
 
-def _values(records: pd.DataFrame, key: str) -> str:
-    """The distinct values of one ``extra`` field, joined."""
+def _values(records: pd.DataFrame, key: str, missing: str = "not recorded") -> str:
+    """The distinct values of one ``extra`` field, joined (``missing`` when no record has it,
+    e.g. a store written before the field existed)."""
     seen = dict.fromkeys(str(e[key]) for e in records["extra"] if isinstance(e, dict) and key in e)
-    return ", ".join(seen) or "not recorded"
+    return ", ".join(seen) or missing
 
 
 def _source_notes(records: pd.DataFrame) -> str:
@@ -97,7 +98,7 @@ def maps_tables(group: Group) -> list[Table]:
         where = "" if task == "maps" else f" ({task})"
         shared = (f"{_values(rows, 'images')} test images, the same for every source "
                   f"(evenly spaced); mean ± half-width of its 95% confidence interval over seeds "
-                  f"(bootstrap; one seed: the value); n/a: the method has no such "
+                  f"(Student's t; one seed: the value, no interval); n/a: the method has no such "
                   f"map; ↑/↓: higher/lower is better.")
         box = rows[rows["base"] == "gt_known_loc"]
         localization = _table(
@@ -107,12 +108,15 @@ def maps_tables(group: Group) -> list[Table]:
              f"Loc chosen on {_values(box, 'holdout_images')} holdout images "
              f"({_values(box, 'tau_source')}). " + shared, _source_notes(rows)])
         deletion = rows[rows["base"] == "deletion_auc"]
+        insertion = rows[rows["base"] == "insertion_auc"]
         road = rows[rows["base"] == "road_combined"]
         faithful = _table(
             f"Map quality: faithfulness{where}", rows, METRICS.in_table("maps"), group,
-            ["p = probability of the ground-truth class of the deployed network. Deletion / "
-             f"insertion AUC: p as pixels leave / enter in map order, {_values(deletion, 'steps')} "
-             f"steps, baseline {_values(deletion, 'baseline')} "
+            [f"p = the deployed network's probability of the explained class "
+             f"({_values(deletion, 'class', 'ground-truth class')}). Deletion / insertion AUC: p "
+             f"as pixels leave / enter in map order, {_values(deletion, 'steps')} steps, deletion "
+             f"towards {_values(deletion, 'substrate', _values(deletion, 'baseline'))}, insertion "
+             f"from {_values(insertion, 'substrate', _values(insertion, 'baseline'))} "
              "(bench.tasks.faithfulness.deletion_insertion). ROAD: change of p after noisy linear "
              f"imputation of the most (MoRF) / least (LeRF) relevant pixels, percentiles "
              f"{_values(road, 'percentiles')}, combined = (LeRF − MoRF) / 2 "

@@ -1,6 +1,6 @@
 """Stored results as tables for the terminal, CSV and JSON: the summary rows (every metric of every
 method in each configuration group, with its confidence interval and, against the baseline, the
-paired difference, Holm-corrected p-value and verdict), aggregates across groups, the per-seed
+paired difference, Holm-corrected p-value, verdict and power), aggregates across groups, the per-seed
 records, and the compact table printed after a run (the catalogue's headline metrics)."""
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ from tabulate import tabulate
 
 from bench.metrics import HIGHER, LOWER, METRICS
 from bench.report.collect import BASELINE, Group
-from bench.report.conclusions import analyse, difference_text, seed_values
-from bench.report.stats import (aggregate, check_aggregate, check_interval, fmt, p_text,
+from bench.report.conclusions import analyse, difference_text, power_text, seed_values
+from bench.report.stats import (DEFAULT_INTERVAL, POWER, Estimate, aggregate,
+                                check_aggregate, check_interval, fmt, interval_text, p_text,
                                 probability_of_improvement, signed)
 from bench.tasks.base import task_name
 
 RECORD_FIELDS = ["method", "dataset", "backbone", "seed", "task", "metric", "value", "unit"]
 SUMMARY_FIELDS = ["group", "dataset", "backbone", "method", "task", "metric", "setting", "unit",
-                  "n", "mean", "ci_low", "ci_high", "diff", "diff_low", "diff_high", "p",
-                  "p_holm", "verdict"]
+                  "n", "mean", "interval", "ci_low", "ci_high", "diff", "diff_low", "diff_high",
+                  "p", "p_holm", "verdict", "detectable_diff", "power_alpha", "seeds_needed"]
 
 
 def _number(value: Optional[float]) -> Optional[float]:
@@ -56,8 +57,10 @@ def strict_json(value: Any) -> str:
     return json.dumps(clean(value), indent=2, default=str, allow_nan=False)
 
 
-def summary_rows(groups: list[Group], interval: str = "bootstrap") -> list[dict[str, Any]]:
-    """One row per (group, method, metric, setting) with its statistics (raw numbers)."""
+def summary_rows(groups: list[Group], interval: str = DEFAULT_INTERVAL,
+                 power: float = POWER) -> list[dict[str, Any]]:
+    """One row per (group, method, metric, setting) with its statistics (raw numbers); the
+    detectable difference at ``power``."""
     check_interval(interval)
     rows = []
     for group in groups:
@@ -66,27 +69,33 @@ def summary_rows(groups: list[Group], interval: str = "bootstrap") -> list[dict[
                    if "method_options" in records else {})  # as resolved for the runs
         keys = list(dict.fromkeys(zip(records["task"], records["metric"], records["setting"])))
         for task, metric, setting in keys:
-            result = analyse(records, group.methods, metric, setting, interval)
+            result = analyse(records, group.methods, metric, setting, interval, power)
             for method, est in result.estimates.items():
                 c = result.comparisons.get(method)
                 d = c.difference if c is not None else None
+                pw = c.power if c is not None else None
                 rows.append({
                     "group": group.label, "dataset": group.dataset, "backbone": group.backbone,
                     "method": method, "method_options": options.get(method, {}), "task": task,
                     "metric": metric, "setting": setting, "unit": result.info.unit, "n": est.n, "mean": _number(est.mean),
+                    "interval": (interval if est.n > 1 else None),
                     "ci_low": _number(est.low), "ci_high": _number(est.high),
                     "diff": _number(d.mean) if d and d.n else None,
                     "diff_low": _number(d.low) if d else None,
                     "diff_high": _number(d.high) if d else None,
                     "p": c.p if c else None, "p_holm": c.p_holm if c else None,
                     "verdict": c.verdict if c else ("reference" if method == BASELINE
-                                                    and result.comparisons else None)})
+                                                    and result.comparisons else None),
+                    "detectable_diff": pw.detectable if pw else None,
+                    "power_alpha": pw.alpha if pw else None,
+                    "seeds_needed": pw.seeds_needed if pw else None})
     return rows
 
 
-def summary_frame(groups: list[Group], interval: str = "bootstrap") -> pd.DataFrame:
+def summary_frame(groups: list[Group], interval: str = DEFAULT_INTERVAL,
+                  power: float = POWER) -> pd.DataFrame:
     """``summary_rows`` as a tidy frame with the columns of ``bench results --format csv``."""
-    return frame_of(summary_rows(groups, interval))
+    return frame_of(summary_rows(groups, interval, power))
 
 
 def frame_of(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -132,17 +141,13 @@ def aggregate_rows(groups: list[Group], name: str = "iqm") -> list[dict[str, Any
     return rows
 
 
-def _interval_text(low: Optional[float], high: Optional[float], unit: str) -> str:
-    return "" if low is None else f"[{fmt(low, unit)}, {fmt(high, unit)}]"
-
-
-def render(groups: list[Group], fmt_name: str, interval: str = "bootstrap",
+def render(groups: list[Group], fmt_name: str, interval: str = DEFAULT_INTERVAL,
            aggregate_name: str = "iqm", per_seed: bool = False,
-           records: Optional[list[dict[str, Any]]] = None) -> str:
+           records: Optional[list[dict[str, Any]]] = None, power: float = POWER) -> str:
     """The text ``bench results`` prints in format table, csv or json."""
     if per_seed:
         return _per_seed(records or [], fmt_name)
-    rows = summary_rows(groups, interval)
+    rows = summary_rows(groups, interval, power)
     aggregates = aggregate_rows(groups, aggregate_name)
     if fmt_name == "json":
         return strict_json({"summary": rows, "aggregates": aggregates,
@@ -158,26 +163,30 @@ def render(groups: list[Group], fmt_name: str, interval: str = "bootstrap",
     table = []
     for r in rows:
         unit = "pp" if r["unit"] == "%" else r["unit"]
-        value = "n/a" if r["mean"] is None else fmt(r["mean"], r["unit"])
-        if r["ci_low"] is not None:
-            value += f" ± {fmt((r['ci_high'] - r['ci_low']) / 2, r['unit'])}"
-        elif r["n"] == 1:
-            value += " (n=1)"
+        value = "n/a" if r["mean"] is None else Estimate(
+            r["mean"], r["n"], r["ci_low"], r["ci_high"], r["interval"] == "t"
+            or r["ci_low"] == r["ci_high"]).text(r["unit"])
         delta = "" if r["diff"] is None else (
-            f"{signed(r['diff'], unit)} {unit} " + _interval_text(r["diff_low"], r["diff_high"],
-                                                                   unit))
+            f"{signed(r['diff'], unit)} {unit} "
+            + interval_text(r["diff_low"], r["diff_high"], unit, sign=True))
+        detectable = "" if r["detectable_diff"] is None else (
+            f"{fmt(r['detectable_diff'], unit)} {unit}"
+            + ("" if r["seeds_needed"] is None else f"; {r['seeds_needed']} seeds for Δ"))
         table.append([r["group"], r["method"], r["metric"] + (f" [{r['setting']}]" if r["setting"]
                                                             else ""),
-                      value, r["unit"], r["n"], delta, p_text(r["p_holm"]), r["verdict"] or ""])
-    headers = ["group", "method", "metric", "mean ± 95% CI", "unit", "n",
-               f"Δ vs {BASELINE} [95% CI]", "p (Holm)", "verdict"]
+                      value, r["unit"], r["n"], delta, p_text(r["p_holm"]), r["verdict"] or "",
+                      detectable])
+    shown = "mean ± 95% CI" if interval == "t" else "mean [95% CI]"
+    headers = ["group", "method", "metric", shown, "unit", "n",
+               f"Δ vs {BASELINE} [95% CI]", "p (Holm)", "verdict", f"detectable ({power:.0%} power)"]
     text = tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
     if aggregates:
         agg = [[a["metric"], a["method"],
-                f"{fmt(a['value'], a['unit'])} {_interval_text(a['ci_low'], a['ci_high'], a['unit'])}",
+                f"{fmt(a['value'], a['unit'])} {interval_text(a['ci_low'], a['ci_high'], a['unit'])}",
                 "" if "p_improvement" not in a else
-                f"{a['p_improvement']:.2f} [{a['p_improvement_low']:.2f}, "
-                f"{a['p_improvement_high']:.2f}]", a["groups"], a["runs_per_group"]]
+                f"{a['p_improvement']:.2f} "
+                + interval_text(a["p_improvement_low"], a["p_improvement_high"], "", 2),
+                a["groups"], a["runs_per_group"]]
                for a in aggregates]
         text += (f"\n\nAcross {aggregates[0]['groups']} groups ({aggregate_name}, stratified "
                  "bootstrap 95% CI):\n")
@@ -215,9 +224,10 @@ def _per_seed(records: list[dict[str, Any]], fmt_name: str) -> str:
 
 
 def summary_table(groups: list[Group], methods: Optional[list[str]] = None,
-                  interval: str = "bootstrap") -> str:
+                  interval: str = DEFAULT_INTERVAL) -> str:
     """After a run: per configuration group, one row per method with the headline metrics
-    (mean ± 95% CI half-width) and the top-1 difference to the baseline with its verdict."""
+    (mean with its 95% interval) and the top-1 difference to the baseline with its verdict and
+    the smallest difference the test detects."""
     blocks = []
     for group in groups:
         shown = [m for m in group.methods if methods is None or m in methods]
@@ -244,6 +254,8 @@ def summary_table(groups: list[Group], methods: Optional[list[str]] = None,
                         "reference" if m == BASELINE else difference_text(c, "pp", 2))
                     rows[m]["verdict (top-1)"] = (
                         "" if m == BASELINE or c is None else c.verdict)
+                    rows[m]["detectable (top-1, 80% power)"] = (
+                        "" if m == BASELINE else power_text(c, "pp", 2))
         table = tabulate(pd.DataFrame(list(rows.values())).fillna(""), headers="keys",
                          tablefmt="github", showindex=False, disable_numparse=True)
         blocks.append(f"{group.label}:\n{table}")

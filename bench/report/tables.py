@@ -1,6 +1,6 @@
 """The report's tables for one configuration group (dataset, backbone, recipe): accuracy and
 localization with 95% confidence intervals over seeds, each method's paired difference to GAP-FC
-and its Holm-corrected verdict; compute and memory; time; any other stored metric; failures.
+its Holm-corrected verdict and the smallest difference the test detects; compute and memory; time; any other stored metric; failures.
 Every method of the group has a row in every table, in the group's method order; headers carry
 units; notes say how each number was obtained (the metric's stored ``extra`` settings) and how the
 statistics were computed."""
@@ -14,25 +14,30 @@ import pandas as pd
 from bench.metrics import METRICS, MetricInfo, decimals
 from bench.registry import TASKS
 from bench.report.collect import BASELINE, Group
-from bench.report.conclusions import MetricResult, analyse, difference_text
+from bench.report.conclusions import (MetricResult, analyse, difference_text, headline_results,
+                                      power_text, verdict_text)
 from bench.report.document import Table
-from bench.report.stats import ALPHA, BETTER, CONFIDENCE, SAME, WORSE, fmt, p_text
+from bench.report.stats import (ALPHA, BOOTSTRAP_FROM, CONFIDENCE, DEFAULT_INTERVAL,
+                                MIN_VERDICT_SEEDS, POWER, fmt, interval_text, p_text, signed)
 
 MISSING = "—"
-VERDICTS = (BETTER, WORSE, SAME)
 # Metrics whose tables add the paired difference to the baseline and the verdict (WSOL's in a
 # table of their own, so that each fits the page; `bench results` compares every metric).
 COMPARED = {"accuracy": ("top1", "top5"), "wsol": ("maxboxacc_v2", "gt_known_loc", "pxap")}
 
 
 def statistics_note(interval: str) -> str:
-    how = ("scipy.stats.bootstrap (BCa, seeded)" if interval == "bootstrap"
-           else "Student's t (scipy.stats.t)")
-    return (f"mean ± half-width of its {CONFIDENCE:.0%} confidence interval over seeds ({how}); "
-            f"Δ = mean difference to {BASELINE}, paired by seed, [{CONFIDENCE:.0%} interval]; "
-            f"p = two-sided paired t-test, Holm-corrected over the methods compared; verdict at "
-            f"the corrected {ALPHA:.0%} level, with the number of paired seeds (n). One seed: "
-            "the value, no interval.")
+    how = (f"mean [{CONFIDENCE:.0%} confidence interval] over seeds, scipy.stats.bootstrap (BCa, "
+           f"seeded; it covers {CONFIDENCE:.0%} only from about {BOOTSTRAP_FROM} seeds)"
+           if interval == "bootstrap" else
+           f"mean ± half-width of its {CONFIDENCE:.0%} confidence interval over seeds, Student's t")
+    return (f"{how}; Δ = mean difference to {BASELINE}, paired by seed, [{CONFIDENCE:.0%} "
+            f"interval]; p = two-sided paired t-test, Holm-corrected over the methods compared; "
+            f"verdict at the corrected {ALPHA:.0%} level, with the number of paired seeds (n), "
+            f"from {MIN_VERDICT_SEEDS} paired seeds on; power: the smallest |Δ| the test detects "
+            f"with the chosen power (--power, default {POWER:.0%}) at this seed count and level "
+            f"{ALPHA:g} / methods compared, and the seeds that would detect the observed Δ. One "
+            f"seed: the value, no interval.")
 
 
 def _settings(records: pd.DataFrame, metric: str) -> list[str]:
@@ -59,7 +64,6 @@ def column_digits(records: pd.DataFrame, metric: str, setting: str = "") -> int:
 def _cells(result: MetricResult, methods: list[str], digits: int, compared: bool) -> list[list[str]]:
     """Per method: the value cell, and with ``compared`` the Δ, p and verdict cells."""
     unit = result.info.unit
-    delta_unit = "pp" if unit == "%" else unit
     rows = []
     for method in methods:
         est = result.estimates.get(method)
@@ -67,13 +71,12 @@ def _cells(result: MetricResult, methods: list[str], digits: int, compared: bool
         if not compared:
             rows.append([value])
         elif method == BASELINE:
-            rows.append([value, "reference", MISSING, "reference"])
+            rows.append([value, "reference", MISSING, "reference", MISSING])
         else:
             c = result.comparisons.get(method)
-            verdict = MISSING if c is None else (f"{c.verdict} (n={c.n})" if c.verdict in VERDICTS
-                                                 else c.verdict)
-            rows.append([value, difference_text(c, delta_unit, digits),
-                         MISSING if c is None else p_text(c.p_holm), verdict])
+            rows.append([value, difference_text(c, result.delta_unit, digits),
+                         MISSING if c is None else p_text(c.p_holm), verdict_text(c),
+                         power_text(c, result.delta_unit, digits)])
     return rows
 
 
@@ -129,23 +132,24 @@ def measured_once(info: MetricInfo) -> bool:
 
 
 def metric_table(group: Group, title: str, columns: list[MetricInfo], notes: list[str],
-                 compared: tuple[str, ...] = (), interval: str = "bootstrap") -> Table | None:
+                 compared: tuple[str, ...] = (), interval: str = DEFAULT_INTERVAL,
+                 power: float = POWER) -> Table | None:
     """A method x metric table (mean with its interval over seeds; for ``compared`` metrics also
-    the paired difference to the baseline, the Holm-corrected p and the verdict; metrics
+    the paired difference to the baseline, the Holm-corrected p, the verdict and the power; metrics
     measured once per method as plain values); None when no column has data."""
     expanded = _expand(group.records, columns)
     if not expanded:
         return None
     headers, blocks = ["method"], []
     for info, setting in expanded:
-        result = analyse(group.records, group.methods, info.name, setting, interval)
+        result = analyse(group.records, group.methods, info.name, setting, interval, power)
         digits = column_digits(group.records, info.name, setting)
         is_compared = info.name in compared and not setting and BASELINE in group.methods
         headers.append(info.header(setting))
         if is_compared:
             unit = "pp" if info.unit == "%" else info.unit
             headers += [f"Δ {info.label} ({unit}) [{CONFIDENCE:.0%} CI]", f"p (Holm, {info.label})",
-                        f"verdict ({info.label})"]
+                        f"verdict ({info.label})", f"power ({info.label})"]
         if measured_once(info):
             cells = [[MISSING if m not in result.estimates
                       else fmt(result.estimates[m].mean, info.unit, digits)] for m in group.methods]
@@ -163,11 +167,12 @@ def seeds_column(group: Group) -> list[str]:
     return [str(int(counts[m])) if m in counts else MISSING for m in group.methods]
 
 
-def accuracy_table(group: Group, interval: str = "bootstrap") -> Table | None:
+def accuracy_table(group: Group, interval: str = DEFAULT_INTERVAL,
+                   power: float = POWER) -> Table | None:
     """Top-1/top-5 with intervals, paired differences and verdicts, then the other accuracy
     metrics (test loss)."""
     table = metric_table(group, "Accuracy", METRICS.in_table("accuracy"),
-                         [statistics_note(interval)], COMPARED["accuracy"], interval)
+                         [statistics_note(interval)], COMPARED["accuracy"], interval, power)
     if table is None:
         return None
     table.columns.insert(1, "seeds")
@@ -176,7 +181,7 @@ def accuracy_table(group: Group, interval: str = "bootstrap") -> Table | None:
     return table
 
 
-def wsol_table(group: Group, interval: str = "bootstrap") -> Table | None:
+def wsol_table(group: Group, interval: str = DEFAULT_INTERVAL) -> Table | None:
     return metric_table(group, "Weakly-supervised object localization", METRICS.in_table("wsol"),
                         ["GT-known/Top-1/Top-5 Loc: classic protocol (IoU ≥ 0.5, tau from the "
                          "holdout split); MaxBoxAccV2 = mean of MaxBoxAcc at δ = 30/50/70%; PxAP: "
@@ -184,11 +189,12 @@ def wsol_table(group: Group, interval: str = "bootstrap") -> Table | None:
                         interval=interval)
 
 
-def wsol_comparison_table(group: Group, interval: str = "bootstrap") -> Table | None:
-    """The main WSOL metrics against the baseline: paired difference, Holm p, verdict."""
+def wsol_comparison_table(group: Group, interval: str = DEFAULT_INTERVAL,
+                          power: float = POWER) -> Table | None:
+    """The main WSOL metrics against the baseline: paired difference, Holm p, verdict, power."""
     columns = [info for info in METRICS.in_table("wsol") if info.name in COMPARED["wsol"]]
     return metric_table(group, f"Localization against {BASELINE}", columns,
-                        [statistics_note(interval)], COMPARED["wsol"], interval)
+                        [statistics_note(interval)], COMPARED["wsol"], interval, power)
 
 
 def compute_table(group: Group) -> Table | None:
@@ -198,14 +204,14 @@ def compute_table(group: Group) -> Table | None:
                          "once per method (with the first seed)."])
 
 
-def time_table(group: Group, interval: str = "bootstrap") -> Table | None:
+def time_table(group: Group, interval: str = DEFAULT_INTERVAL) -> Table | None:
     return metric_table(group, "Time", METRICS.in_table("time"),
                         ["Timings on a shared machine are noisy: compare methods by ratios measured "
                          "in one run, not absolute times across runs (COST.md). Training time and "
                          "throughput: " + statistics_note(interval)], interval=interval)
 
 
-def other_table(group: Group, interval: str = "bootstrap") -> Table | None:
+def other_table(group: Group, interval: str = DEFAULT_INTERVAL) -> Table | None:
     """Every stored metric that no other table shows, so that nothing is silently dropped."""
     records = group.records
     shown = {"accuracy", "wsol", "compute", "time", "maps"}  # maps: bench/report/maps.py
@@ -227,6 +233,44 @@ def _kind(row: dict) -> str:
     if row.get("status") == "running" and row.get("owner"):
         return f"claimed by {row['owner']} (heartbeat {row.get('heartbeat') or 'none'})"
     return ""
+
+
+def verdict_table(group: Group, interval: str = DEFAULT_INTERVAL,
+                  power: float = POWER) -> Table | None:
+    """The summary: per headline metric and method, the difference to the baseline with its
+    interval, the verdict, and the minimum detectable difference (MDD) with the seeds that would
+    detect the observed difference (one row per metric and method, so that it fits the page)."""
+    results = headline_results(group, interval, power)
+    if not results:
+        return None
+    rows, methods = [], []
+    for result in results:
+        unit = result.delta_unit
+        digits = column_digits(group.records, result.info.name)
+        for method in group.methods:
+            c = result.comparisons.get(method)
+            if c is None:
+                continue
+            p = c.power
+            mdd = MISSING if p is None or p.detectable is None else (
+                f"{fmt(p.detectable, unit, digits)} {unit}".rstrip()
+                + ("" if p.seeds_needed is None else f" ({p.seeds_needed})"))
+            d = c.difference
+            diff = c.verdict if d.n == 0 else " ".join(filter(None, (
+                signed(d.mean, unit, digits), unit,
+                interval_text(d.low, d.high, unit, digits, sign=True))))
+            rows.append([result.info.label, method, diff, verdict_text(c), mdd])
+            methods.append(method)
+    note = (f"Δ = mean difference to {BASELINE}, paired by seed, with its {CONFIDENCE:.0%} "
+            f"interval ({'Student t' if interval == 't' else 'bootstrap'}); verdict: two-sided "
+            f"paired t-test, Holm-corrected over the methods, at the {ALPHA:.0%} level, from "
+            f"{MIN_VERDICT_SEEDS} paired seeds (n); MDD = minimum detectable difference, the "
+            f"smallest |Δ| the test finds with {power:.0%} power at this seed count (level "
+            f"{ALPHA:g} / methods compared, std of the paired differences); in brackets, the "
+            f"paired seeds that would find the observed Δ.")
+    return Table(f"Verdicts against {BASELINE}",
+                 ["metric", "method", f"Δ [{CONFIDENCE:.0%} CI]", "verdict",
+                  "MDD (seeds for Δ)"], rows, methods, [note])
 
 
 def failures_table(group: Group) -> Table | None:
@@ -254,9 +298,10 @@ def failures_table(group: Group) -> Table | None:
                  methods, ["Runs and tasks that did not complete, with the reason stored."])
 
 
-def group_tables(group: Group, interval: str = "bootstrap") -> list[Table]:
-    tables = [accuracy_table(group, interval), wsol_table(group, interval),
-              wsol_comparison_table(group, interval),
+def group_tables(group: Group, interval: str = DEFAULT_INTERVAL,
+                 power: float = POWER) -> list[Table]:
+    tables = [accuracy_table(group, interval, power), wsol_table(group, interval),
+              wsol_comparison_table(group, interval, power),
               compute_table(group), time_table(group, interval),
               other_table(group, interval), failures_table(group)]
     return [t for t in tables if t is not None]

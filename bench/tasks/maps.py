@@ -26,9 +26,13 @@ Scoring, the same for every source:
   MaxBoxAccV2 with its parts, MaxBoxAcc V1, and PxAP where the split has masks. Only on datasets
   with boxes or masks;
 - faithfulness (``bench.tasks.faithfulness``, whose docstring names the function behind each
-  number): deletion and insertion AUC (``deletion_steps``, ``baseline=mean|blur``), ROAD MoRF / LeRF
-  / combined at ``road_percentiles``, Average Drop and Increase in Confidence, on the deployed
-  network, each map bicubic-resized to the input and min-max normalised.
+  number): deletion and insertion AUC (``deletion_steps``; ``deletion_to``, default ``black``, and
+  ``insertion_from``, default ``blur``, each ``black|mean|blur``), ROAD MoRF / LeRF / combined at
+  ``road_percentiles``, Average Drop and Increase in Confidence, on the deployed network, each map
+  bicubic-resized to the input and min-max normalised; all of them about the probability of the
+  class ``target`` names: ``predicted`` (default, the deployed network's top-1 on the unmodified
+  image, as RISE explains it) or ``label`` (the ground-truth class). The CAM sources explain the
+  ground-truth class either way.
 Images: ``images`` evenly spaced test images (indices ``round(linspace(0, n - 1, images))``; 0: all)
 and as many holdout images for tau, the same for every method, seed and source, so sources are
 compared on the same images (the wsol task scores the whole split, so its numbers differ from
@@ -38,7 +42,8 @@ bounds the task's cost.
 
 Stored as task ``maps`` with metric names ``<metric>@<source>`` (``maxboxacc_v2@gradcam``,
 ``deletion_auc@own``); each ``extra`` holds the source, the function that made the map, its layer,
-the number of images, the baseline and the function that computed the metric. The input and every
+the number of images, the substrates, the explained class and the function that computed the
+metric. The input and every
 source's map on 8 test images (the wsol gallery's choice) are written to
 ``figures/maps-run<id>.npz`` (artifact ``gallery``) for the report to draw.
 """
@@ -266,15 +271,25 @@ def ranking(model: torch.nn.Module, inputs: Inputs, batch_size: int) -> np.ndarr
     return scores.topk(min(5, scores.shape[1]), dim=1).indices.cpu().numpy()
 
 
-def faithfulness_values(model: torch.nn.Module, inputs: Inputs, maps: np.ndarray, steps: int,
-                        baseline: str, percentiles: tuple[int, ...], seed: int,
+def explained_classes(inputs: Inputs, ranked: np.ndarray, target: str) -> torch.Tensor:
+    """The class each faithfulness number is about: the top-1 prediction or the label."""
+    if target == "label":
+        return inputs.y
+    return torch.from_numpy(np.ascontiguousarray(ranked[:, 0])).to(inputs.y.device)
+
+
+def faithfulness_values(model: torch.nn.Module, inputs: Inputs, maps: np.ndarray,
+                        classes: torch.Tensor, opts: dict[str, Any], seed: int,
                         batch_size: int) -> dict[str, np.ndarray]:
-    """Per image, every faithfulness number of ``FAITHFULNESS`` for ``maps`` (N, H, W)."""
-    deletion, insertion = faithfulness.deletion_insertion(model, inputs.x, inputs.y, maps, steps,
-                                                          baseline, batch_size)
+    """Per image, every faithfulness number of ``FAITHFULNESS`` for ``maps`` (N, H, W), about
+    ``classes``, with the task's options ``opts``."""
+    deletion, insertion = faithfulness.deletion_insertion(
+        model, inputs.x, classes, maps, opts["deletion_steps"], batch_size,
+        (inputs.split.mean, inputs.split.std), opts["deletion_to"], opts["insertion_from"])
     return {"deletion_auc": deletion, "insertion_auc": insertion,
-            **faithfulness.road(model, inputs.x, inputs.y, maps, percentiles, seed, batch_size),
-            **faithfulness.confidence_change(model, inputs.x, inputs.y, maps, batch_size)}
+            **faithfulness.road(model, inputs.x, classes, maps, tuple(opts["road_percentiles"]),
+                                seed, batch_size),
+            **faithfulness.confidence_change(model, inputs.x, classes, maps, batch_size)}
 
 
 def check_maps_options(options: dict[str, Any]) -> list[Source]:
@@ -291,9 +306,10 @@ def check_maps_options(options: dict[str, Any]) -> list[Source]:
             raise BenchError(f"task 'maps': option {key} must be at least {low}"
                              f"{' (0: every test image)' if key == 'images' else ''}, "
                              f"got {options[key]}")
-    if options["baseline"] not in faithfulness.BASELINES:
-        raise BenchError(f"task 'maps': option baseline={options['baseline']!r}; valid: "
-                         f"{', '.join(faithfulness.BASELINES)}")
+    for key, valid in (("deletion_to", faithfulness.SUBSTRATES), ("insertion_from", faithfulness.SUBSTRATES),
+                       ("target", faithfulness.TARGETS)):
+        if options[key] not in valid:
+            raise BenchError(f"task 'maps': option {key}={options[key]!r}; valid: {', '.join(valid)}")
     percentiles = options["road_percentiles"]
     if not percentiles or any(not 0 < p < 100 for p in percentiles):
         raise BenchError(f"task 'maps': option road_percentiles must be percentiles in 1..99 "
@@ -321,6 +337,7 @@ class MapsTask(Task):
         holdout_inputs = (select_inputs(holdout, HOLDOUT, opts["images"], batch, ctx.device)
                           if holdout is not None and holdout.boxes is not None else None)
         ranked = ranking(deployed, test, batch)
+        classes = explained_classes(test, ranked, opts["target"])
         shown = gallery_indices(test.y.tolist())
         settings = {"images": len(test.y), "split": "test", "dataset": ctx.data.name}
         if holdout_inputs is not None:
@@ -345,9 +362,7 @@ class MapsTask(Task):
                                                             holdout_inputs)]
                 maps = input_maps(test, raw)
                 gallery[source.name] = maps[shown]
-                values = faithfulness_values(deployed, test, maps, opts["deletion_steps"],
-                                             opts["baseline"], tuple(opts["road_percentiles"]),
-                                             ctx.seed, batch)
+                values = faithfulness_values(deployed, test, maps, classes, opts, ctx.seed, batch)
                 metrics += [self._faithfulness_metric(name, values[name], source, common, opts)
                             for name in FAITHFULNESS]
             finally:
@@ -377,10 +392,14 @@ class MapsTask(Task):
     def _faithfulness_metric(name: str, values: np.ndarray, source: Source, common: dict[str, Any],
                              opts: dict[str, Any]) -> Metric:
         extra = {**common, "function": METRIC_FUNCTIONS[name],
-                 "probability": "softmax of the deployed network's scores, ground-truth class"}
-        if name in ("deletion_auc", "insertion_auc"):
-            extra |= {"steps": opts["deletion_steps"],
-                      "baseline": f"{opts['baseline']}: {faithfulness.BASELINES[opts['baseline']]}"}
+                 "probability": "softmax of the deployed network's scores",
+                 "class": f"{opts['target']}: {faithfulness.TARGETS[opts['target']]}"}
+        if name == "deletion_auc":
+            extra |= {"steps": opts["deletion_steps"], "substrate": (
+                f"{opts['deletion_to']}: {faithfulness.SUBSTRATES[opts['deletion_to']]}")}
+        elif name == "insertion_auc":
+            extra |= {"steps": opts["deletion_steps"], "substrate": (
+                f"{opts['insertion_from']}: {faithfulness.SUBSTRATES[opts['insertion_from']]}")}
         elif name.startswith("road"):
             extra |= {"percentiles": list(opts["road_percentiles"]),
                       "imputation": "NoisyLinearImputer (noise 0.01), torch seeded with the run's seed"}
@@ -417,8 +436,9 @@ TASKS.add("maps", MapsTask(),
           "opt-in (not in the default task list): each method's own map beside Grad-CAM, "
           "Grad-CAM++, Score-CAM and Layer-CAM (pytorch-grad-cam) of its deployed network and "
           "random/centre references: WSOL metrics, deletion/insertion AUC, ROAD, Average Drop",
-          order=30, sources=DEFAULT_SOURCES, images=32, deletion_steps=16, baseline="mean",
-          road_percentiles=(20, 50, 80), cam_curve_interval=0.01,
+          order=30, sources=DEFAULT_SOURCES, images=32, deletion_steps=16,
+          deletion_to=faithfulness.DELETION_TO, insertion_from=faithfulness.INSERTION_FROM,
+          target=faithfulness.TARGET, road_percentiles=(20, 50, 80), cam_curve_interval=0.01,
           classic_box_rule=CLASSIC_BOX_RULE)
 
 __all__ = ["MapsTask", "Source", "parse_source", "select_inputs", "centre_map", "library_cam",
