@@ -31,6 +31,7 @@ class Recipe:
     gamma: float = 0.1
     warmup_epochs: int = 0
     cutmix: float = 0.0  # probability of a CutMix batch (beta(1, 1) area), for every method
+    label_smoothing: float = 0.0  # of every method's classification loss (its cross-entropies)
     seeds: int = 1
     eval_batch_size: int = 512
     # Execution settings that change numerics or speed (recorded with the run, part of its hash):
@@ -68,6 +69,10 @@ class Recipe:
                              f"{self.schedule!r}", "schedule")
         if not (isinstance(self.cutmix, (int, float)) and 0.0 <= self.cutmix <= 1.0):
             raise BenchError(f"cutmix is a probability in [0, 1], got {self.cutmix!r}", "cutmix")
+        if not (isinstance(self.label_smoothing, (int, float))
+                and 0.0 <= self.label_smoothing < 1.0):
+            raise BenchError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}",
+                             "label_smoothing")
         amp_dtype(self.amp)
         if not isinstance(self.warmup_epochs, int) or not 0 <= self.warmup_epochs < self.epochs:
             raise BenchError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs!r}",

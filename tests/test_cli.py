@@ -30,7 +30,8 @@ def test_run_stores_results_and_resume_skips(tmp_path, capsys):
     assert len(run) == 1 and run[0][0] == "complete"
     ended_before = db.execute("SELECT ended FROM task_runs").fetchall()
     curves = db.execute("SELECT name, COUNT(*) FROM curves GROUP BY name").fetchall()
-    assert dict(curves) == {"train_loss": 1, "train_top1": 1, "test_top1": 1, "lr": 1}
+    assert dict(curves) == {"train_loss": 1, "train_top1": 1, "test_top1": 1, "lr": 1,
+                            "holdout_top1": 2}  # before training and after the epoch
     assert "nothing to do" not in out
     code, out, _ = run_cli(capsys, "run", "--methods", "gap_fc", "--out", str(tmp_path), *TOY)
     assert code == 0
