@@ -237,6 +237,11 @@ def conclude(study: optuna.Study) -> Optional[dict[str, Any]]:
     return chosen
 
 
+def preset_values(params: dict[str, Any]) -> dict[str, Any]:
+    """The chosen values as the preset states them: floats to 3 significant digits."""
+    return {k: float(f"{v:.3g}") if isinstance(v, float) else v for k, v in params.items()}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", type=Path, default=STUDY)
@@ -282,6 +287,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"\nchosen (trial {chosen['trial']}): {values}; worst holdout top-1 "
           f"{chosen['worst']:.2f} %, mean {chosen['mean']:.2f} % over {len(method_order())} "
           f"methods (seed {SEED}, {study.user_attrs['base_recipe']['epochs']} epochs)")
+    print("the quick preset's values (3 significant digits): "
+          + ", ".join(f"{k}={v}" for k, v in preset_values(chosen["params"]).items()))
     return 0
 
 
