@@ -222,8 +222,8 @@ def cmd_results(args: argparse.Namespace) -> int:
 
     check_interval(args.interval)
     check_aggregate(args.aggregate)
-    records, runs, _, _ = read_store(args.out)
-    groups = configuration_groups(records, runs)
+    records, runs, curves, _ = read_store(args.out)
+    groups = configuration_groups(records, runs, curves)  # curves: the learning-speed metrics
     print(render(groups, args.format, args.interval, args.aggregate, args.per_seed, records))
     return 0
 

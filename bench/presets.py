@@ -41,13 +41,19 @@ class Recipe:
 
     def replace(self, **changes: Any) -> "Recipe":
         """A copy with ``changes`` applied (``None`` values ignored), validated; an unknown field
-        is a BenchError naming the valid ones."""
+        is a BenchError naming the valid ones. Setting ``epochs`` alone at or below the warm-up
+        shortens the warm-up to ``epochs - 1`` (``epochs=1`` trains without one)."""
         fields = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - fields)
         if unknown:
             raise BenchError(f"{unknown[0]} is not a recipe setting; valid: "
                              f"{', '.join(sorted(fields))}", unknown[0])
-        recipe = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        changes = {k: v for k, v in changes.items() if v is not None}
+        epochs = changes.get("epochs")
+        if ("warmup_epochs" not in changes and isinstance(epochs, int)
+                and not isinstance(epochs, bool) and 1 <= epochs <= self.warmup_epochs):
+            changes["warmup_epochs"] = epochs - 1
+        recipe = dataclasses.replace(self, **changes)
         recipe.validate()
         return recipe
 

@@ -56,7 +56,7 @@ def steps(method: str, data, preset, channels_last: bool, amp: str, count: int) 
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
-        loss = float(out.loss)
+        loss = float(out.loss.detach())
     return (time.process_time() - start) / count, loss
 
 

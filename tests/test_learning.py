@@ -11,6 +11,7 @@ import torch
 from bench.metrics import METRICS
 from bench.report.collect import load
 from bench.report.learning import area, crossing
+from bench.report.results import summary_rows
 from bench.report.tables import learning_table
 from bench.store import Store
 from bench.tasks.base import Metric, TaskResult
@@ -57,6 +58,7 @@ def test_learning_metrics_pair_each_seed_with_gap_fc_and_say_not_reached(tmp_pat
     _run(store, "slow", 1, [10.0, 30.0, 60.0, 84.0])  # 72 reached at 2 + 12/24 = 2.5
     _run(store, "stuck", 0, [10.0, 30.0, 60.0, 89.0])  # 90 never reached
     _run(store, "stuck", 1, [10.0, 50.0, 70.0, 74.0])  # 72 reached at 2 + 2/4 = 2.5
+    _run(store, "never", 0, [10.0, 20.0, 30.0, 40.0])  # reached in no seed
     store.close()
     group = load(tmp_path).groups[0]
     r = group.records
@@ -80,6 +82,13 @@ def test_learning_metrics_pair_each_seed_with_gap_fc_and_say_not_reached(tmp_pat
     assert rows["slow"][at].startswith("2.65 ± ")  # mean of 2.8 and 2.5
     # slow - gap-fc, paired by seed: 2.8 - 1.75 and 2.5 - 1.8
     assert rows["slow"][at + 1].startswith(f"+{((2.8 - 1.75) + (2.5 - 1.8)) / 2:.2f}")
+
+    results = {r["method"]: r for r in summary_rows([group]) if r["metric"] == "epochs_to_90"}
+    assert results["stuck"]["verdict"] == "not reached in 1 of 2 seeds"
+    assert results["stuck"]["mean"] is None and results["stuck"]["diff"] is None
+    assert results["slow"]["mean"] == pytest.approx(2.65)
+    assert results["never"]["verdict"] == "not reached in 1 of 1 seeds"
+    assert rows["never"][at] == "not reached in 1 of 1 seeds"
 
 
 def test_the_trainer_records_the_holdout_curve_from_before_training():

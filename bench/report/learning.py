@@ -71,8 +71,9 @@ def learning_records(records: pd.DataFrame, curves: pd.DataFrame, baseline: str)
     return pd.DataFrame(rows, columns=records.columns)
 
 
-def not_reached(records: pd.DataFrame, method: str) -> tuple[int, int]:
-    """(seeds of ``method`` whose run never reached the threshold, seeds measured)."""
+def not_reached(records: pd.DataFrame, method: str) -> Optional[str]:
+    """"not reached in k of n seeds" when some of ``method``'s runs never reached the
+    ``epochs_to_90`` threshold (their mean would hide it); None otherwise."""
     rows = records[(records["method"] == method) & (records["metric"] == "epochs_to_90")]
     missed = sum(1 for e in rows["extra"] if not e.get("reached", True))
-    return missed, len(rows)
+    return f"not reached in {missed} of {len(rows)} seeds" if missed else None

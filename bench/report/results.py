@@ -14,8 +14,9 @@ from tabulate import tabulate
 from bench.metrics import HIGHER, LOWER, METRICS
 from bench.report.collect import BASELINE, Group
 from bench.report.conclusions import analyse, difference_text, seed_values
-from bench.report.stats import (aggregate, check_aggregate, check_interval, fmt, p_text,
-                                probability_of_improvement, signed)
+from bench.report.learning import not_reached
+from bench.report.stats import (Estimate, aggregate, check_aggregate, check_interval, fmt,
+                                p_text, probability_of_improvement, signed)
 from bench.tasks.base import task_name
 
 RECORD_FIELDS = ["method", "dataset", "backbone", "seed", "task", "metric", "value", "unit"]
@@ -39,9 +40,14 @@ def summary_rows(groups: list[Group], interval: str = "bootstrap") -> list[dict[
         keys = list(dict.fromkeys(zip(records["task"], records["metric"], records["setting"])))
         for task, metric, setting in keys:
             result = analyse(records, group.methods, metric, setting, interval)
-            for method, est in result.estimates.items():
-                c = result.comparisons.get(method)
+            for method in group.methods:
+                est, c = result.estimates.get(method), result.comparisons.get(method)
                 d = c.difference if c is not None else None
+                missed = not_reached(records, method) if metric == "epochs_to_90" else None
+                if missed:  # a mean over the seeds that reached it would hide the others
+                    est, c, d = Estimate(float("nan"), est.n if est else 0), None, None
+                elif est is None:
+                    continue
                 rows.append({
                     "group": group.label, "dataset": group.dataset, "backbone": group.backbone,
                     "method": method, "method_options": options.get(method, {}), "task": task,
@@ -51,8 +57,8 @@ def summary_rows(groups: list[Group], interval: str = "bootstrap") -> list[dict[
                     "diff_low": _number(d.low) if d else None,
                     "diff_high": _number(d.high) if d else None,
                     "p": c.p if c else None, "p_holm": c.p_holm if c else None,
-                    "verdict": c.verdict if c else ("reference" if method == BASELINE
-                                                    and result.comparisons else None)})
+                    "verdict": missed or (c.verdict if c else (
+                        "reference" if method == BASELINE and result.comparisons else None))})
     return rows
 
 

@@ -194,9 +194,8 @@ def learning_table(group: Group, interval: str = "bootstrap") -> Table | None:
     if info.header() in table.columns:
         at = table.columns.index(info.header())
         for row, method in zip(table.rows, group.methods):
-            missed, seeds = not_reached(group.records, method)
-            if missed:
-                text = f"not reached in {missed} of {seeds} seeds"
+            text = not_reached(group.records, method)
+            if text:
                 row[at] = text
                 if method != BASELINE:
                     row[at + 1], row[at + 2], row[at + 3] = MISSING, MISSING, text
