@@ -279,8 +279,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(tabulate(table(study), headers="keys", tablefmt="github", disable_numparse=True))
     chosen = conclude(study)
     if chosen is None:
-        print(f"error: no candidate completed ({len(study.trials)} tried, every one failed or "
-              f"was pruned); nothing is stored as chosen", file=sys.stderr)
+        states = [t.state.name.lower() for t in study.trials]
+        counts = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states)))
+        print(f"error: no candidate completed ({len(states)} tried: {counts}); nothing is stored "
+              f"as chosen", file=sys.stderr)
         return 1
     values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in chosen["params"].items())
