@@ -99,8 +99,10 @@ def rows_and_targets(short: MetricResult, long: MetricResult, methods: list[str]
         verdicts = ("reference" if m == BASELINE else (a.verdict if a else "—"),
                     "reference" if m == BASELINE else (b.verdict if b else "—"))
         row = {"method": m,
-               f"top-1, {e0} ep (%)": short.estimates[m].text("%", 2),
-               f"top-1, {e1} ep (%)": long.estimates[m].text("%", 2),
+               f"top-1, {e0} ep (%)": short.estimates[m].text("%", 2) if m in short.estimates
+               else "—",
+               f"top-1, {e1} ep (%)": long.estimates[m].text("%", 2) if m in long.estimates
+               else "—",
                f"Δ GAP-FC, {e0} ep (pp)": difference_text(a, "pp", 2) if a else "—",
                f"Δ GAP-FC, {e1} ep (pp)": difference_text(b, "pp", 2) if b else "—"}
         if m != BASELINE and a and b and a.difference.n and b.difference.n:
@@ -160,6 +162,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except BenchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    for name, group in (("default", short), ("reference", long)):
+        done = int((group.runs["status"] == "complete").sum())
+        if done < len(group.runs):
+            print(f"note: the {name} schedule has {done} of {len(group.runs)} runs complete; "
+                  f"this table is partial")
     rows, targets = rows_and_targets(a, b, methods, epochs, long)
     seeds = sorted(set(pd.concat([short.records["seed"], long.records["seed"]])))
     print(tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True))
@@ -169,8 +176,9 @@ def main(argv: Optional[list[str]] = None) -> int:
           + ("" if args.factor >= MIN_FACTOR else f" (below the {MIN_FACTOR}x the targets "
                                                    "are stated for)")
           + f"; seeds {seeds}; intervals: {args.interval}")
+    largest = "none compared" if d["method"] is None else f"{d['largest_pp']:.2f} pp"
     print(f"- differences to GAP-FC within {TARGET_DIFFERENCE:g} pp of the reference's: "
-          f"{met[d['met']]} (largest {d['largest_pp']:.2f} pp, {d['method']}"
+          f"{met[d['met']]} (largest {largest}, {d['method']}"
           + (f"; beyond: {', '.join(d['missed_by'])}" if d["missed_by"] else "") + ")")
     print(f"- identical verdicts: {met[v['met']]} ({v['identical']} of {v['of']})")
     print(f"- Kendall tau of the rankings >= {TARGET_TAU}: {met[t['met']]} ({t['value']:.3f})")
