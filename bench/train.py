@@ -130,7 +130,8 @@ def train(model: MethodNet, data: DataBundle, recipe: Recipe, seed: int, device:
     first_loss: Optional[float] = None
     holdout = data.holdout if test_curve else None
     if holdout is not None:
-        history.holdout_top1.append(evaluate(model, holdout, recipe.eval_batch_size, device)["top1"])
+        history.holdout_top1.append(evaluate(model, holdout, recipe.eval_batch_size,
+                                             device)["top1"])
 
     def check(loss_sum: torch.Tensor, seen: int, epoch: int) -> float:
         nonlocal first_loss

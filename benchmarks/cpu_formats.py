@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 import torch
 
@@ -30,7 +31,8 @@ SETTINGS = {"fp32": (False, "none"), "channels_last": (True, "none"), "bf16": (F
             "both": (True, "bf16")}
 
 
-def steps(method: str, data, preset, channels_last: bool, amp: str, count: int) -> tuple[float, float]:
+def steps(method: str, data: Any, preset: Any, channels_last: bool, amp: str,
+          count: int) -> tuple[float, float]:
     """CPU seconds per training step, and the last loss."""
     torch.manual_seed(0)
     model = build_from_specs(parse_spec(METHODS, method), parse_spec(BACKBONES, preset.backbone),
@@ -81,9 +83,10 @@ def main() -> None:
                 seconds, losses[name] = steps(method, data, preset, channels_last, amp, args.steps)
                 times[name].append(seconds)
         base = statistics.median(times["fp32"])
+        medians = {name: statistics.median(t) for name, t in times.items()}
         print(method + ": " + "; ".join(
-            f"{name} {1000 * statistics.median(t):.1f} ms/step ({base / statistics.median(t):.2f}x, "
-            f"loss {losses[name]:.3f})" for name, t in times.items()))
+            f"{name} {1000 * m:.1f} ms/step ({base / m:.2f}x, loss {losses[name]:.3f})"
+            for name, m in medians.items()))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ def test_shortening_epochs_below_the_warm_up_shortens_the_warm_up():
     quick = PRESETS.get("quick").obj
     assert quick.warmup_epochs == 1
     assert quick.replace(epochs=1).warmup_epochs == 0  # --epochs 1 trains without warm-up
-    assert quick.replace(epochs=2).warmup_epochs == 1 and quick.replace(epochs=18).warmup_epochs == 1
+    assert quick.replace(epochs=2).warmup_epochs == 1
+    assert quick.replace(epochs=18).warmup_epochs == 1
     with pytest.raises(BenchError, match="warmup_epochs must be in"):
         quick.replace(epochs=1, warmup_epochs=1)  # given explicitly: refused, not changed
 

@@ -234,7 +234,8 @@ def time_table(group: Group, interval: str = "bootstrap") -> Table | None:
 def other_table(group: Group, interval: str = "bootstrap") -> Table | None:
     """Every stored metric that no other table shows, so that nothing is silently dropped."""
     records = group.records
-    shown = {"accuracy", "learning", "wsol", "compute", "time", "maps"}  # maps: bench/report/maps.py
+    # maps: bench/report/maps.py
+    shown = {"accuracy", "learning", "wsol", "compute", "time", "maps"}
     pairs = list(dict.fromkeys(zip(records["task"], records["metric"], records["unit"])))
     columns = [METRICS.get(m) or MetricInfo(m, t, u, f"{t}: {m}") for t, m, u in pairs
                if (METRICS.get(m) is None or METRICS.get(m).table not in shown)]

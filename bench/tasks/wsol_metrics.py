@@ -128,7 +128,8 @@ def scale_boxes(boxes: np.ndarray, image_size: tuple[int, int], map_size: tuple[
     return np.array(out, dtype=np.int64).reshape(-1, 4)
 
 
-def _contour_boxes(quantized: np.ndarray, thresholds: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+def _contour_boxes(quantized: np.ndarray,
+                   thresholds: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each integer threshold, the boxes of every contour of ``quantized > threshold`` and of
     the largest one. The binary maps are stacked, one background row between two, and traced by
     one ``cv2.findContours`` call: a map's contours cannot touch another's, and they come out in
