@@ -42,7 +42,7 @@ def directory(text: str) -> Path:
 
 # Recipe fields that `run` sets from flags of the same name (None: the preset's value).
 RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "schedule", "warmup_epochs",
-                "nesterov", "cutmix", "seeds", "amp", "channels_last", "compile")
+                "nesterov", "cutmix", "label_smoothing", "seeds", "amp", "channels_last", "compile")
 
 
 def add_suite_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,6 +64,8 @@ def add_suite_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nesterov", action="store_true", default=None)
     p.add_argument("--cutmix", type=float, default=None, metavar="PROB",
                    help="probability of a CutMix batch, for every method (beta 1.0)")
+    p.add_argument("--label-smoothing", type=float, default=None, metavar="EPS",
+                   help="label smoothing of every method's classification loss (0 to <1)")
     p.add_argument("--amp", default=None, help="mixed precision in training: none, bf16 or fp16")
     p.add_argument("--channels-last", action="store_true", default=None)
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the backbone")
@@ -248,8 +250,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     check_interval(args.interval)
     check_aggregate(args.aggregate)
     check_power(args.power)
-    records, runs, _, _ = read_store(args.out)
-    groups = configuration_groups(records, runs)
+    records, runs, curves, _ = read_store(args.out)
+    groups = configuration_groups(records, runs, curves)  # curves: the learning-speed metrics
     print(render(groups, args.format, args.interval, args.aggregate, args.per_seed, records,
                  args.power))
     return 0

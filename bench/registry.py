@@ -124,7 +124,8 @@ class Registry:
 
 
 # Recipe fields a method's search space may include (e.g. CutMix where the method trains on it).
-RECIPE_SEARCHABLE = {"lr", "weight_decay", "cutmix", "momentum", "warmup_epochs"}
+RECIPE_SEARCHABLE = {"lr", "weight_decay", "cutmix", "momentum", "warmup_epochs",
+                     "label_smoothing"}
 
 METHODS = Registry("method")
 BACKBONES = Registry("backbone")

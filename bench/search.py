@@ -49,7 +49,9 @@ class Param:
             if not self.choices:
                 raise BenchError(f"{shown}: a choice needs at least one value", "space")
             return
-        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low > self.high:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise BenchError(f"{shown}: bounds must be finite numbers", "space")
+        if self.low > self.high:
             raise BenchError(f"{shown}: low must not exceed high", "space")
         if self.log and self.low <= 0:
             raise BenchError(f"{shown}: a log range needs low > 0", "space")

@@ -3,7 +3,8 @@ builds a registered method and asserts what every method must provide (bench/met
 
 - the network it builds: a ``MethodNet``, on a CIFAR and an ImageNet backbone and on the meta
   device;
-- its loss terms: a finite training loss equal to the sum of its named terms, that backpropagates;
+- its loss terms: a finite training loss equal to the sum of its named terms, that backpropagates,
+  and that the recipe's label smoothing (``Batch.label_smoothing``) reaches;
 - its localization map: ``(B, h, w)`` and finite, or ``NotImplementedError`` (no map);
 - its deployed network: predicts what the training network predicts and shares its parameters;
 - the cost bench reports for it (``bench.profile``: parameters and fvcore MACs of the deployed
@@ -62,6 +63,9 @@ def check_network(name: str, backbone: str) -> None:
     total = sum(float(v) for v in out.terms.values())
     _require(abs(out.loss.item() - total) <= 1e-5 * max(1.0, abs(total)),
              f"{where}: loss {out.loss.item()} is not the sum of its terms {dict(out.terms)}")
+    smoothed = model.training_loss(Batch(x, y, label_smoothing=0.3))
+    _require(not torch.isclose(smoothed.loss.detach(), out.loss.detach(), rtol=1e-4),
+             f"{where}: the recipe's label smoothing does not reach the classification loss")
     out.loss.backward()
     _require(any(p.grad is not None for p in model.parameters()), f"{where}: no gradient")
     model.eval()

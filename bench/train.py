@@ -31,6 +31,8 @@ class History:
     train_loss: list[float] = field(default_factory=list)
     train_top1: list[float] = field(default_factory=list)
     test_top1: list[float] = field(default_factory=list)
+    # holdout top-1 after 0, 1, ..., E epochs (index = epochs trained; 0: before training)
+    holdout_top1: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     seconds: float = 0.0  # time in training steps only (per-epoch evaluation excluded)
     images: int = 0
@@ -48,11 +50,11 @@ def lr_factor(recipe: Recipe, epoch: float) -> float:
 
 
 def make_batch(x: torch.Tensor, y: torch.Tensor, prob: float,
-               generator: torch.Generator) -> Batch:
+               generator: torch.Generator, label_smoothing: float = 0.0) -> Batch:
     """A training batch; with probability ``prob`` a CutMix batch: a box of area fraction
     ~ U(0, 1) (beta(1, 1)) from a shuffled copy of the batch pasted into it."""
     if prob <= 0 or torch.rand(1, generator=generator).item() >= prob:
-        return Batch(x, y)
+        return Batch(x, y, label_smoothing=label_smoothing)
     _, _, h, w = x.shape
     perm = torch.randperm(len(y), generator=generator).to(x.device)
     cut = math.sqrt(torch.rand(1, generator=generator).item())  # side ratio; area ~ U(0, 1)
@@ -60,7 +62,7 @@ def make_batch(x: torch.Tensor, y: torch.Tensor, prob: float,
     cy = int(torch.randint(h, (1,), generator=generator))
     cx = int(torch.randint(w, (1,), generator=generator))
     box = (max(cy - ch // 2, 0), min(cy + ch // 2, h), max(cx - cw // 2, 0), min(cx + cw // 2, w))
-    return Batch.cutmix(x, y, x[perm], y[perm], box)
+    return Batch.cutmix(x, y, x[perm], y[perm], box, label_smoothing)
 
 
 def prepare_model(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
@@ -107,7 +109,10 @@ def train(model: MethodNet, data: DataBundle, recipe: Recipe, seed: int, device:
     """Train ``model`` in place with ``recipe``; raise RunFailed on a NaN or diverging loss.
     Under torchrun (``dist``), each rank trains on its shard and gradients are averaged.
     ``epoch_lines`` prints one line per epoch (for workers whose output a driver relays);
-    ``test_curve=False`` never reads the test split (hyper-parameter search); ``on_epoch(epoch,
+    ``test_curve`` records the test top-1 after each epoch and the holdout top-1 (where the data
+    has a holdout split) before training and after each epoch, the learning curve the
+    learning-speed metrics read; ``test_curve=False`` records neither and never reads the test
+    split (hyper-parameter search); ``on_epoch(epoch,
     model)`` runs after each epoch and stops training by returning True (pruning)."""
     rank, world = dist.shard if dist else (0, 1)
     if recipe.batch_size % world:
@@ -123,6 +128,10 @@ def train(model: MethodNet, data: DataBundle, recipe: Recipe, seed: int, device:
     bar = tqdm(total=steps_per_epoch * recipe.epochs, desc=desc, disable=not progress or rank > 0,
                leave=False, unit="step", dynamic_ncols=True)
     first_loss: Optional[float] = None
+    holdout = data.holdout if test_curve else None
+    if holdout is not None:
+        history.holdout_top1.append(evaluate(model, holdout, recipe.eval_batch_size,
+                                             device)["top1"])
 
     def check(loss_sum: torch.Tensor, seen: int, epoch: int) -> float:
         nonlocal first_loss
@@ -148,7 +157,8 @@ def train(model: MethodNet, data: DataBundle, recipe: Recipe, seed: int, device:
                 if recipe.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(device, recipe.amp):
-                    out = model.training_loss(make_batch(x, y, recipe.cutmix, generator))
+                    out = model.training_loss(make_batch(x, y, recipe.cutmix, generator,
+                                                          recipe.label_smoothing))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(out.loss).backward()
                 if dist:
@@ -179,6 +189,9 @@ def train(model: MethodNet, data: DataBundle, recipe: Recipe, seed: int, device:
             if test_curve:
                 history.test_top1.append(evaluate(model, data.test, recipe.eval_batch_size,
                                                   device)["top1"])
+            if holdout is not None:
+                history.holdout_top1.append(evaluate(model, holdout, recipe.eval_batch_size,
+                                                     device)["top1"])
             if epoch_lines and rank == 0:
                 test = f", test top-1 {history.test_top1[-1]:.1f} %" if test_curve else ""
                 print(f"{desc}: epoch {epoch + 1}/{recipe.epochs}, loss {history.train_loss[-1]:.3f}, "

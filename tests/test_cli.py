@@ -31,7 +31,8 @@ def test_run_stores_results_and_resume_skips(tmp_path, capsys):
     assert len(run) == 1 and run[0][0] == "complete"
     ended_before = db.execute("SELECT ended FROM task_runs").fetchall()
     curves = db.execute("SELECT name, COUNT(*) FROM curves GROUP BY name").fetchall()
-    assert dict(curves) == {"train_loss": 1, "train_top1": 1, "test_top1": 1, "lr": 1}
+    assert dict(curves) == {"train_loss": 1, "train_top1": 1, "test_top1": 1, "lr": 1,
+                            "holdout_top1": 2}  # before training and after the epoch
     assert "nothing to do" not in out
     code, out, _ = run_cli(capsys, "run", "--methods", "gap_fc", "--out", str(tmp_path), *TOY)
     assert code == 0
@@ -194,22 +195,22 @@ def test_module_entry_point(tmp_path):
 
 
 def test_two_recipes_are_never_pooled_as_seeds(tmp_path, capsys):
-    """A 1-epoch and a 2-epoch gap-fc run: two groups in the run's table, `bench results` and
+    """A 2-epoch and a 3-epoch gap-fc run: two groups in the run's table, `bench results` and
     the report, each with n=1; the gate refuses to pool them."""
     base = ["run", "--methods", "gap-fc", "--out", str(tmp_path), "--dataset", "toy-quadrants",
             "--backbone", "resnet8", "--no-progress", "--tasks", "accuracy", "--seeds", "1"]
-    run_cli(capsys, *base, "--epochs", "1")
-    code, out, _ = run_cli(capsys, *base, "--epochs", "2")
-    assert code == 0 and "toy-quadrants / resnet8 (epochs=2)" in out
-    assert "(epochs=1)" not in out  # the run's table shows the recipe it ran, labelled
+    run_cli(capsys, *base, "--epochs", "2")
+    code, out, _ = run_cli(capsys, *base, "--epochs", "3")
+    assert code == 0 and "toy-quadrants / resnet8 (epochs=3)" in out
+    assert "(epochs=2)" not in out  # the run's table shows the recipe it ran, labelled
     code, out, _ = run_cli(capsys, "results", "--out", str(tmp_path), "--format", "json")
     top1 = [r for r in json.loads(out)["summary"] if r["metric"] == "top1"]
-    assert sorted(r["group"] for r in top1) == ["toy-quadrants / resnet8 (epochs=1)",
-                                                "toy-quadrants / resnet8 (epochs=2)"]
+    assert sorted(r["group"] for r in top1) == ["toy-quadrants / resnet8 (epochs=2)",
+                                                "toy-quadrants / resnet8 (epochs=3)"]
     assert all(r["n"] == 1 for r in top1)
     report = (tmp_path / "report.md").read_text()
-    assert "## toy-quadrants / resnet8 (epochs=1)" in report
     assert "## toy-quadrants / resnet8 (epochs=2)" in report
+    assert "## toy-quadrants / resnet8 (epochs=3)" in report
     code, _, err = run_cli(capsys, "check", "--out", str(tmp_path), "--baseline",
                            str(tmp_path / "b.json"), "--update")
     assert code == 2 and "several training recipes" in err

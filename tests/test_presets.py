@@ -1,6 +1,7 @@
 """The paper presets run each paper's recipe (values from the papers' sections they name)."""
 import pytest
 
+from bench.errors import BenchError
 from bench.presets import PRESETS
 from bench.registry import BACKBONES, DATASETS
 
@@ -45,3 +46,21 @@ def test_siou_and_ssia_presets():
     assert (ssia.backbone, ssia.epochs, ssia.batch_size, ssia.lr, ssia.weight_decay,
             ssia.schedule, ssia.cutmix) == ("resnet50", 100, 32, 0.1, 4e-5, "cosine", 0.0)
     assert recipe("paper-ssia-imagenet").batch_size == 64
+
+
+def test_shortening_epochs_below_the_warm_up_shortens_the_warm_up():
+    quick = PRESETS.get("quick").obj
+    assert quick.warmup_epochs == 1
+    assert quick.replace(epochs=1).warmup_epochs == 0  # --epochs 1 trains without warm-up
+    assert quick.replace(epochs=2).warmup_epochs == 1
+    assert quick.replace(epochs=18).warmup_epochs == 1
+    with pytest.raises(BenchError, match="warmup_epochs must be in"):
+        quick.replace(epochs=1, warmup_epochs=1)  # given explicitly: refused, not changed
+
+
+def test_label_smoothing_is_validated():
+    quick = PRESETS.get("quick").obj
+    assert quick.replace(label_smoothing=0.1).label_smoothing == 0.1
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(BenchError, match="label_smoothing"):
+            quick.replace(label_smoothing=bad)

@@ -25,6 +25,15 @@ def test_step_schedule():
         [1, 1, 0.1, 0.1, 0.01])
 
 
+def test_label_smoothing_is_cross_entropy_against_the_smoothed_target():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    y, eps = torch.tensor([0, 1]), 0.3
+    target = torch.full((2, 3), eps / 3) + (1 - eps) * torch.nn.functional.one_hot(y, 3)
+    expected = -(target * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    batch = make_batch(logits[:, :, None, None], y, 0.0, torch.Generator(), label_smoothing=eps)
+    torch.testing.assert_close(batch.classification_loss(logits), expected)
+
+
 def test_cutmix_batch_is_a_consistent_paste():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(8, 2, 12, 12)

@@ -444,3 +444,55 @@ def test_evaluator_results_keys():
         WsolEvaluator(0)
     with pytest.raises(BenchError, match="IoU thresholds"):
         WsolEvaluator(0.1, iou_thresholds=(0, 50))
+
+
+def _per_threshold_boxes(scoremap: np.ndarray, thresholds: np.ndarray) -> tuple[list, list]:
+    """The reference's sweep written out: at every tau, cv2.threshold, findContours (RETR_TREE,
+    CHAIN_APPROX_SIMPLE), each contour's cv2.boundingRect box, the first contour of maximal
+    cv2.contourArea."""
+    q = (scoremap * 255).astype(np.uint8)
+    h, w = q.shape
+    all_boxes, largest = [], []
+    for tau in thresholds:
+        _, binary = cv2.threshold(q, int(tau * q.max()), 255, cv2.THRESH_BINARY)
+        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+        if not contours:
+            all_boxes.append(np.zeros((1, 4), np.int64))
+            largest.append(np.zeros((1, 4), np.int64))
+            continue
+        boxes = []
+        for c in contours:
+            x, y, bw, bh = cv2.boundingRect(c)
+            boxes.append((x, y, min(x + bw, w - 1), min(y + bh, h - 1)))
+        areas = [cv2.contourArea(c) for c in contours]
+        all_boxes.append(np.array(boxes, np.int64))
+        largest.append(np.array([boxes[areas.index(max(areas))]], np.int64))
+    return all_boxes, largest
+
+
+def _random_maps(rng: np.random.Generator) -> list[np.ndarray]:
+    maps = []
+    for size in ((32, 32), (17, 23), (64, 48)):
+        noise = rng.random(size)
+        maps.append(noise)  # many small contours, holes inside holes
+        maps.append(cv2.GaussianBlur(noise, (0, 0), 2.0))  # smooth blobs
+        maps.append(np.round(noise * 4) / 4)  # few levels: many thresholds give one mask
+        ring = np.zeros(size)
+        ring[2:-2, 2:-2] = 1.0
+        ring[5:-5, 5:-5] = rng.random((size[0] - 10, size[1] - 10)) * 0.5  # a ring with a hole
+        maps.append(ring)
+    maps.append(np.zeros((32, 32)))  # constant: one box at the origin
+    return [normalize_map(m) for m in maps]
+
+
+def test_vectorised_sweep_equals_the_per_threshold_reference_on_random_maps():
+    rng = np.random.default_rng(7)
+    thresholds = cam_thresholds(0.01)
+    for scoremap in _random_maps(rng):
+        got = map_boxes(scoremap, thresholds)
+        want_all, want_largest = _per_threshold_boxes(scoremap, thresholds)
+        assert len(got.all) == len(want_all) == len(thresholds)
+        for g, w in zip(got.all, want_all):
+            np.testing.assert_array_equal(g, w)
+        for g, w in zip(got.largest, want_largest):
+            np.testing.assert_array_equal(g, w)

@@ -61,10 +61,11 @@ class Batch:
     lam: float = 0.0  # fraction of the image pasted from x_a
     mask: Optional[torch.Tensor] = None  # (B, 1, H, W), 1 inside the pasted patch
     x_a: Optional[torch.Tensor] = None
+    label_smoothing: float = 0.0  # the recipe's, applied to every classification loss
 
     @classmethod
     def cutmix(cls, x: torch.Tensor, y: torch.Tensor, x_a: torch.Tensor, y_a: torch.Tensor,
-               box: tuple[int, int, int, int]) -> "Batch":
+               box: tuple[int, int, int, int], label_smoothing: float = 0.0) -> "Batch":
         """A CutMix batch (Yun et al. 2019): the pixels of ``box`` = (y0, y1, x0, x1), end
         exclusive, pasted from ``x_a`` into ``x``; lam is the exact pasted fraction."""
         b, _, h, w = x.shape
@@ -73,18 +74,21 @@ class Batch:
         mask[..., y0:y1, x0:x1] = 1
         lam = (y1 - y0) * (x1 - x0) / (h * w)
         return cls(mask * x_a + (1 - mask) * x, y, y_a=y_a, lam=lam,
-                   mask=mask.expand(b, 1, h, w), x_a=x_a)
+                   mask=mask.expand(b, 1, h, w), x_a=x_a, label_smoothing=label_smoothing)
 
     @property
     def mixed(self) -> bool:
         return self.mask is not None
 
     def classification_loss(self, logits: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy against the (possibly CutMix-mixed) labels. ``logits`` may also be
-        log-probabilities: log_softmax leaves a normalised log-distribution unchanged."""
-        loss = F.cross_entropy(logits, self.y)
+        """Cross-entropy against the (possibly CutMix-mixed) labels, with the batch's label
+        smoothing. ``logits`` may also be log-probabilities: log_softmax leaves a normalised
+        log-distribution unchanged."""
+        eps = self.label_smoothing
+        loss = F.cross_entropy(logits, self.y, label_smoothing=eps)
         if self.mixed:
-            loss = (1 - self.lam) * loss + self.lam * F.cross_entropy(logits, self.y_a)
+            loss = ((1 - self.lam) * loss
+                    + self.lam * F.cross_entropy(logits, self.y_a, label_smoothing=eps))
         return loss
 
 

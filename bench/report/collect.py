@@ -13,6 +13,7 @@ import pandas as pd
 from matplotlib import colors as mcolors
 
 from bench.registry import METHODS
+from bench.report.learning import learning_records
 from bench.store import Store
 
 BASELINE = "gap-fc"
@@ -189,10 +190,14 @@ def configuration_groups(records: list[dict[str, Any]], runs: list[dict[str, Any
         in_group = run_frame[(run_frame["dataset"] == dataset) & (run_frame["backbone"] == backbone)
                              & (run_frame["recipe"] == recipe)]
         ids = set(in_group["id"])
+        group_curves = curve_frame[curve_frame["run_id"].isin(ids)].reset_index(drop=True)
+        group_records = frame[frame["run_id"].isin(ids)]
+        derived = learning_records(group_records, group_curves, BASELINE)
+        if len(derived):
+            group_records = pd.concat([group_records, derived])
         groups.append(Group(
             dataset, backbone, json.loads(recipe), label,
-            add_settings(frame[frame["run_id"].isin(ids)].reset_index(drop=True)),
-            curve_frame[curve_frame["run_id"].isin(ids)].reset_index(drop=True),
+            add_settings(group_records.reset_index(drop=True)), group_curves,
             in_group.reset_index(drop=True),
             [t for t in task_runs or [] if t["run_id"] in ids],
             method_order(list(in_group["method"]))))

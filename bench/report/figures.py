@@ -30,7 +30,11 @@ from bench.report.stats import (CONFIDENCE, DEFAULT_INTERVAL, MIN_VERDICT_SEEDS,
 STYLE = {"svg.hashsalt": "bench-report", "svg.fonttype": "path", "font.size": 9,
          "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8}
 CURVES = [("train_loss", "training loss"), ("train_top1", "training top-1 (%)"),
-          ("test_top1", "test top-1 (%)"), ("lr", "learning rate")]
+          ("test_top1", "test top-1 (%)"), ("holdout_top1", "holdout top-1 (%)"),
+          ("lr", "learning rate")]
+# Curves stored per epoch from the first (index 0 = after epoch 1); the holdout curve's index is
+# the number of epochs trained and the learning rate's the epochs trained before it applies.
+AFTER_EPOCH = ("train_loss", "train_top1", "test_top1")
 
 
 class Plotter:
@@ -191,7 +195,8 @@ def wsol_bars(group: Group, summary: pd.DataFrame, plot: Plotter) -> Optional[Fi
 def training_curves(group: Group, summary: pd.DataFrame, plot: Plotter) -> Optional[Figure]:
     """Per-epoch training loss, training and test top-1, learning rate (mean and 95% interval
     over seeds, seaborn's seeded bootstrap, from the stored curves rather than ``summary``)."""
-    curves = group.curves.dropna(subset=["value"])
+    curves = group.curves.dropna(subset=["value"]).copy()
+    curves.loc[curves["name"].isin(AFTER_EPOCH), "epoch"] += 1  # x: epochs trained
     panels = [(n, label) for n, label in CURVES if n in set(curves["name"])]
     if not panels:
         return None
@@ -204,7 +209,7 @@ def training_curves(group: Group, summary: pd.DataFrame, plot: Plotter) -> Optio
                      marker="o", markersize=3,
                      legend=False, ax=ax)
         ax.set_ylabel(label)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epochs trained")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in flat[len(panels):]:
         ax.set_visible(False)

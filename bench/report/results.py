@@ -14,6 +14,7 @@ from tabulate import tabulate
 from bench.metrics import HIGHER, LOWER, METRICS
 from bench.report.collect import BASELINE, Group
 from bench.report.conclusions import analyse, difference_text, power_text, seed_values
+from bench.report.learning import not_reached
 from bench.report.stats import (DEFAULT_INTERVAL, POWER, Estimate, aggregate,
                                 check_aggregate, check_interval, fmt, interval_text, p_text,
                                 probability_of_improvement, signed)
@@ -70,9 +71,14 @@ def summary_rows(groups: list[Group], interval: str = DEFAULT_INTERVAL,
         keys = list(dict.fromkeys(zip(records["task"], records["metric"], records["setting"])))
         for task, metric, setting in keys:
             result = analyse(records, group.methods, metric, setting, interval, power)
-            for method, est in result.estimates.items():
-                c = result.comparisons.get(method)
+            for method in group.methods:
+                est, c = result.estimates.get(method), result.comparisons.get(method)
                 d = c.difference if c is not None else None
+                missed = not_reached(records, method) if metric == "epochs_to_90" else None
+                if missed:  # a mean over the seeds that reached it would hide the others
+                    est, c, d = Estimate(float("nan"), est.n if est else 0), None, None
+                elif est is None:
+                    continue
                 pw = c.power if c is not None else None
                 rows.append({
                     "group": group.label, "dataset": group.dataset, "backbone": group.backbone,
@@ -84,8 +90,8 @@ def summary_rows(groups: list[Group], interval: str = DEFAULT_INTERVAL,
                     "diff_low": _number(d.low) if d else None,
                     "diff_high": _number(d.high) if d else None,
                     "p": c.p if c else None, "p_holm": c.p_holm if c else None,
-                    "verdict": c.verdict if c else ("reference" if method == BASELINE
-                                                    and result.comparisons else None),
+                    "verdict": missed or (c.verdict if c else (
+                        "reference" if method == BASELINE and result.comparisons else None)),
                     "detectable_diff": pw.detectable if pw else None,
                     "power_alpha": pw.alpha if pw else None,
                     "seeds_needed": pw.seeds_needed if pw else None})

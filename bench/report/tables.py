@@ -17,13 +17,15 @@ from bench.report.collect import BASELINE, Group
 from bench.report.conclusions import (MetricResult, analyse, difference_text, headline_results,
                                       power_text, verdict_text)
 from bench.report.document import Table
+from bench.report.learning import not_reached
 from bench.report.stats import (ALPHA, BOOTSTRAP_FROM, CONFIDENCE, DEFAULT_INTERVAL,
                                 MIN_VERDICT_SEEDS, POWER, fmt, interval_text, p_text, signed)
 
 MISSING = "—"
 # Metrics whose tables add the paired difference to the baseline and the verdict (WSOL's in a
 # table of their own, so that each fits the page; `bench results` compares every metric).
-COMPARED = {"accuracy": ("top1", "top5"), "wsol": ("maxboxacc_v2", "gt_known_loc", "pxap")}
+COMPARED = {"accuracy": ("top1", "top5"), "wsol": ("maxboxacc_v2", "gt_known_loc", "pxap"),
+            "learning": ("learning_auc", "epochs_to_90")}
 
 
 def statistics_note(interval: str) -> str:
@@ -181,6 +183,32 @@ def accuracy_table(group: Group, interval: str = DEFAULT_INTERVAL,
     return table
 
 
+def learning_table(group: Group, interval: str = DEFAULT_INTERVAL,
+                   power: float = POWER) -> Table | None:
+    """Learning speed (bench/report/learning.py) with intervals, paired differences and verdicts;
+    a method with a seed that never reached the threshold reads "not reached" instead."""
+    table = metric_table(group, "Learning speed", METRICS.in_table("learning"),
+                         ["Learning AUC: area under the holdout top-1 curve over epochs 0 to E "
+                          "(measured before training and after each epoch), divided by E "
+                          "(0-100). Epochs to 90%: first epoch, interpolated linearly between "
+                          "epochs, at which the holdout top-1 reaches 90% of the final holdout "
+                          f"top-1 of {BASELINE}'s run with the same seed. "
+                          + statistics_note(interval)], COMPARED["learning"], interval, power)
+    if table is None:
+        return None
+    info = METRICS.get("epochs_to_90")
+    if info.header() in table.columns:
+        at = table.columns.index(info.header())
+        for row, method in zip(table.rows, group.methods):
+            text = not_reached(group.records, method)
+            if text:
+                row[at] = text
+                if method != BASELINE:
+                    row[at + 1], row[at + 2], row[at + 3], row[at + 4] = (MISSING, MISSING,
+                                                                          text, MISSING)
+    return table
+
+
 def wsol_table(group: Group, interval: str = DEFAULT_INTERVAL) -> Table | None:
     return metric_table(group, "Weakly-supervised object localization", METRICS.in_table("wsol"),
                         ["GT-known/Top-1/Top-5 Loc: classic protocol (IoU ≥ 0.5, tau from the "
@@ -214,7 +242,8 @@ def time_table(group: Group, interval: str = DEFAULT_INTERVAL) -> Table | None:
 def other_table(group: Group, interval: str = DEFAULT_INTERVAL) -> Table | None:
     """Every stored metric that no other table shows, so that nothing is silently dropped."""
     records = group.records
-    shown = {"accuracy", "wsol", "compute", "time", "maps"}  # maps: bench/report/maps.py
+    # maps: bench/report/maps.py
+    shown = {"accuracy", "learning", "wsol", "compute", "time", "maps"}
     pairs = list(dict.fromkeys(zip(records["task"], records["metric"], records["unit"])))
     columns = [METRICS.get(m) or MetricInfo(m, t, u, f"{t}: {m}") for t, m, u in pairs
                if (METRICS.get(m) is None or METRICS.get(m).table not in shown)]
@@ -300,7 +329,8 @@ def failures_table(group: Group) -> Table | None:
 
 def group_tables(group: Group, interval: str = DEFAULT_INTERVAL,
                  power: float = POWER) -> list[Table]:
-    tables = [accuracy_table(group, interval, power), wsol_table(group, interval),
+    tables = [accuracy_table(group, interval, power), learning_table(group, interval, power),
+              wsol_table(group, interval),
               wsol_comparison_table(group, interval, power),
               compute_table(group), time_table(group, interval),
               other_table(group, interval), failures_table(group)]

@@ -24,8 +24,8 @@ class AccuracyTask(Task):
                         Metric("train_throughput", history["images"] / max(history["seconds"], 1e-9),
                                "images/s", {"device": str(ctx.device),
                                             "batch_size": ctx.recipe.batch_size})]
-        curves = {k: history[k] for k in ("train_loss", "train_top1", "test_top1", "lr")
-                  if k in history}
+        curves = {k: history[k] for k in ("train_loss", "train_top1", "test_top1",
+                                          "holdout_top1", "lr") if history.get(k)}
         return TaskResult(metrics, curves)
 
 

@@ -128,22 +128,48 @@ def scale_boxes(boxes: np.ndarray, image_size: tuple[int, int], map_size: tuple[
     return np.array(out, dtype=np.int64).reshape(-1, 4)
 
 
-def _contour_boxes(quantized: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes of every contour of ``quantized > threshold``, and of the largest one."""
+def _contour_boxes(quantized: np.ndarray,
+                   thresholds: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each integer threshold, the boxes of every contour of ``quantized > threshold`` and of
+    the largest one. The binary maps are stacked, one background row between two, and traced by
+    one ``cv2.findContours`` call: a map's contours cannot touch another's, and they come out in
+    the same order as when traced alone (raster order of their first pixel). Each contour's
+    ``cv2.boundingRect`` (integer points: min, and max - min + 1) and ``cv2.contourArea`` (the
+    shoelace sum, exact in integers) are computed for all contours at once."""
     height, width = quantized.shape
-    _, binary = cv2.threshold(quantized, threshold, 255, cv2.THRESH_BINARY)
-    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+    pitch = height + 1
+    stacked = np.zeros((len(thresholds), pitch, width), dtype=np.uint8)
+    stacked[:, :height] = np.where(quantized[None] > thresholds[:, None, None], 255, 0)
+    contours = cv2.findContours(stacked.reshape(-1, width), cv2.RETR_TREE,
+                                cv2.CHAIN_APPROX_SIMPLE)[-2]
+    none = np.zeros((1, 4), dtype=np.int64)
     if len(contours) == 0:
-        none = np.zeros((1, 4), dtype=np.int64)
-        return none, none
-    boxes = []
-    for contour in contours:
-        x, y, w, h = cv2.boundingRect(contour)
-        boxes.append((x, y, min(x + w, width - 1), min(y + h, height - 1)))
-    areas = [cv2.contourArea(contour) for contour in contours]
-    largest = areas.index(max(areas))  # the first of maximal area
-    boxes = np.array(boxes, dtype=np.int64)
-    return boxes, boxes[largest:largest + 1]
+        return [(none, none)] * len(thresholds)
+    lengths = np.fromiter((len(c) for c in contours), dtype=np.int64, count=len(contours))
+    points = np.concatenate(contours).reshape(-1, 2).astype(np.int64)
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    x, y = points[:, 0], points[:, 1]
+    top = np.minimum.reduceat(y, starts)
+    tile = top // pitch
+    offset = tile * pitch
+    boxes = np.stack([np.minimum.reduceat(x, starts), top - offset,
+                      np.minimum(np.maximum.reduceat(x, starts) + 1, width - 1),
+                      np.minimum(np.maximum.reduceat(y, starts) - offset + 1, height - 1)], axis=1)
+    following = np.arange(1, len(points) + 1)
+    following[starts + lengths - 1] = starts  # each contour is closed
+    twice_area = np.abs(np.add.reduceat(x * y[following] - x[following] * y, starts))
+    order = np.argsort(tile, kind="stable")  # per map, in the order traced
+    bounds = np.searchsorted(tile[order], np.arange(len(thresholds) + 1))
+    boxes, twice_area = boxes[order], twice_area[order]
+    traced = np.flatnonzero(bounds[1:] > bounds[:-1])  # maps with at least one contour
+    peak = np.repeat(np.maximum.reduceat(twice_area, bounds[traced]), np.diff(bounds)[traced])
+    # the first of maximal area in each map: the first position at or after its start at its peak
+    at_peak = np.flatnonzero(twice_area == peak)
+    largest = at_peak[np.searchsorted(at_peak, bounds[traced])]
+    out = [(none, none)] * len(thresholds)
+    for k, pick in zip(traced, largest):
+        out[k] = (boxes[bounds[k]:bounds[k + 1]], boxes[pick:pick + 1])
+    return out
 
 
 @dataclass(frozen=True)
@@ -161,18 +187,17 @@ class MapBoxes:
 
 
 def map_boxes(scoremap: np.ndarray, thresholds: np.ndarray) -> MapBoxes:
-    """Candidate boxes of a [0, 1] score map at each tau (contours traced once per integer threshold)."""
+    """Candidate boxes of a [0, 1] score map at each tau. Contours are traced once per distinct
+    binary map (two integer thresholds with no quantised value between them give the same one),
+    all of them in one call."""
     quantized = quantize(scoremap)
     peak = int(quantized.max())
-    by_threshold: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    all_boxes, largest = [], []
-    for tau in np.asarray(thresholds, dtype=np.float64):
-        t = int(tau * peak)
-        if t not in by_threshold:
-            by_threshold[t] = _contour_boxes(quantized, t)
-        all_boxes.append(by_threshold[t][0])
-        largest.append(by_threshold[t][1])
-    return MapBoxes(all_boxes, largest)
+    integer = np.array([int(tau * peak) for tau in np.asarray(thresholds, dtype=np.float64)],
+                       dtype=np.int64)
+    masks = np.searchsorted(np.unique(quantized), integer, side="right")  # a binary map's identity
+    _, first, which = np.unique(masks, return_index=True, return_inverse=True)
+    traced = _contour_boxes(quantized, integer[first])
+    return MapBoxes([traced[i][0] for i in which], [traced[i][1] for i in which])
 
 
 def best_iou(candidates: Sequence[np.ndarray], gt_boxes: np.ndarray) -> np.ndarray:

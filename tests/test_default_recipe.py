@@ -1,0 +1,64 @@
+"""benchmarks/choose_default_recipe.py without training: the stored study reproduces the quick
+preset's recipe, bad input is one error line with exit code 2, and a study whose every candidate
+failed says so and stores nothing as chosen."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+
+from bench.presets import PRESETS
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "choose_default_recipe.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("choose_default_recipe", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_stored_study_reproduces_the_quick_recipe(script, tmp_path, capsys):
+    study = tmp_path / "study.jsonl"
+    shutil.copy(script.STUDY, study)  # reading must not change the committed file
+    assert script.main(["--study", str(study)]) == 0
+    out = capsys.readouterr().out
+    chosen = script.open_study(study, script.SPACE, create=False).user_attrs["chosen"]
+    quick = dataclasses.asdict(PRESETS.get("quick").obj)
+    values = script.preset_values(chosen["params"])
+    assert {k: quick[k] for k in values} == values
+    assert chosen["worst"] == min(chosen["holdout_top1"].values())
+    assert f"chosen (trial {chosen['trial']})" in out
+    assert "pruned" in out and "complete" in out  # the table of candidates
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--space", "momentum=0.5:0.9"], "space 'momentum' is not a searched parameter"),
+    (["--space", "lr=0.5:0.1"], "low must not exceed high"),
+    (["--space", "lr=0.01:inf"], "bounds must be finite"),
+    (["--space", "weight_decay=nan:0.1"], "bounds must be finite"),
+    (["--workers", "0"], "--workers must be >= 1"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(script, tmp_path, capsys, args, message):
+    study = tmp_path / "study.jsonl"
+    assert script.main(["--study", str(study), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not study.exists()
+
+
+def test_a_study_whose_every_candidate_failed_stores_nothing_as_chosen(script, tmp_path, capsys):
+    path = tmp_path / "study.jsonl"
+    study = script.open_study(path, script.SPACE, create=True)
+    for _ in range(2):
+        trial = study.ask()
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    assert script.main(["--study", str(path)]) == 1
+    assert "no candidate completed (2 tried" in capsys.readouterr().err
+    assert "chosen" not in script.open_study(path, script.SPACE, create=False).user_attrs
