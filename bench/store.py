@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from bench.errors import BenchError
-from bench.tasks.base import TaskResult
+from bench.metrics import TaskResult
 
 SCHEMA_VERSION = 3  # 2: runs.owner and train_seconds, task_runs.seconds; 3: studies and trials
 SQLITE_MAGIC = b"SQLite format 3\x00"
