@@ -8,6 +8,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from bench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +25,7 @@ def counts(out: Path) -> tuple[int, list]:
     return runs, dup
 
 
+@pytest.mark.slow
 def test_jobs_store_every_result_exactly_once(tmp_path, capsys):
     args = ["run", "--methods", "gap-fc", "simam", "--seeds", "2", "--jobs", "2", "--out", str(tmp_path),
             *SMOKE, "--epochs", "1"]
@@ -36,6 +39,7 @@ def test_jobs_store_every_result_exactly_once(tmp_path, capsys):
     assert db.execute("SELECT ended FROM task_runs ORDER BY run_id").fetchall() == ended
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -50,6 +50,7 @@ def stored(out: Path) -> dict[tuple, float]:
     return {row[:4]: row[4] for row in rows if row[3] not in TIMING}
 
 
+@pytest.mark.slow
 def test_ray_stores_what_the_local_executor_stores(cluster, tmp_path):
     methods = ["gap-fc", "siou"]  # siou: a double backward inside the loss
     local = bench.run(methods, out=tmp_path / "local", **SMOKE)
@@ -84,6 +85,7 @@ def kill_a_worker_once(stop: threading.Event, killed: list) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(cluster, tmp_path):
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=kill_a_worker_once, args=(stop, killed), daemon=True)
@@ -125,6 +127,7 @@ def test_bad_executor_input_is_one_line(tmp_path, capsys, args, message):
     assert code == 2 and err.count("\n") == 1 and message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_run_no_node_can_hold_is_refused(cluster, tmp_path, capsys):
     Store(tmp_path / "results.sqlite").close()
     before = (tmp_path / "results.sqlite").read_bytes()
