@@ -7,17 +7,37 @@ measure it. Tables, figures, the CLI, the profiler and the gate read this table;
 one ``METRICS.add(...)`` line.
 
 Metric names may carry a source after ``@`` (``maxboxacc_v2@gradcam``: the same metric computed on
-another map); ``METRICS.get`` resolves them to their base entry.
+another map); ``METRICS.get`` resolves them to their base entry. ``Metric`` and ``TaskResult`` are
+the values themselves, as a task returns them and the store records them.
 """
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import Iterator, Optional
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
 
 HIGHER, LOWER = "higher", "lower"  # which direction is better
 EXACT, TOLERANCE, NOT_GATED = "exact", "tolerance", "none"  # how the regression gate compares
+
+
+@dataclass
+class Metric:
+    """One stored number: name, value and unit; ``extra`` records how it was obtained."""
+
+    name: str
+    value: float
+    unit: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskResult:
+    """What a task returns and the store records: metrics, per-epoch curves, files written."""
+
+    metrics: list[Metric] = field(default_factory=list)
+    curves: dict[str, list[float]] = field(default_factory=dict)  # name -> value per epoch
+    artifacts: dict[str, str] = field(default_factory=dict)  # name -> path of a file written
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from bench.errors import BenchError
-from bench.tasks.base import TaskResult
+from bench.metrics import TaskResult
 
 SCHEMA_VERSION = 5  # 2: runs.owner and train_seconds, task_runs.seconds; 3: studies and trials;
 # 4: failure kinds (runs, task_runs) and claim heartbeats (runs, trials); 5: runs.plugins

@@ -1,5 +1,6 @@
-"""Shared test fixtures: a tiny registered dataset ("toy-quadrants") that trains in a second, and
-the stored metrics of a store, to compare two runs bit for bit."""
+"""Shared test fixtures: tiny registered datasets ("toy-quadrants", "toy-grid") that train in a
+second, one suite of every registered method trained on it once per test session, and the stored
+metrics of a store, to compare two runs bit for bit."""
 from __future__ import annotations
 
 import os
@@ -17,21 +18,27 @@ from bench.registry import DATASETS
 load_all()
 
 
-def quadrant_split(n: int, seed: int, size: int = 16) -> TensorSplit:
-    """Class c = a bright square in quadrant c, on noise: boxes and masks are known exactly."""
+def grid_split(n: int, seed: int, grid: int = 2, size: int = 16) -> TensorSplit:
+    """Class c = a bright square filling cell c of a grid x grid partition of the image, on noise:
+    boxes and masks are known exactly."""
     g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 4, (n,), generator=g)
-    half = size // 2
+    labels = torch.randint(0, grid * grid, (n,), generator=g)
+    cell = size // grid
     images = (torch.rand(n, 1, size, size, generator=g) * 60).to(torch.uint8)
     masks = torch.zeros(n, size, size, dtype=torch.bool)
     boxes = []
     for i, c in enumerate(labels.tolist()):
-        y0, x0 = (c // 2) * half, (c % 2) * half
-        images[i, 0, y0:y0 + half, x0:x0 + half] = 220
-        masks[i, y0:y0 + half, x0:x0 + half] = True
-        boxes.append(np.array([[x0, y0, x0 + half - 1, y0 + half - 1]]))
+        y0, x0 = (c // grid) * cell, (c % grid) * cell
+        images[i, 0, y0:y0 + cell, x0:x0 + cell] = 220
+        masks[i, y0:y0 + cell, x0:x0 + cell] = True
+        boxes.append(np.array([[x0, y0, x0 + cell - 1, y0 + cell - 1]]))
     return TensorSplit(images, labels, [0.4], [0.35], [f"img/{seed}-{i:04d}.png" for i in range(n)],
                        boxes, masks, Augment(pad=1))
+
+
+def quadrant_split(n: int, seed: int, size: int = 16) -> TensorSplit:
+    """Class c = a bright square in quadrant c (a 2 x 2 grid)."""
+    return grid_split(n, seed, 2, size)
 
 
 if "toy-quadrants" not in DATASETS:
@@ -39,6 +46,33 @@ if "toy-quadrants" not in DATASETS:
     def load_toy(data_root, download=False, n=256):
         return DataBundle("toy-quadrants", 4, 1, 16, quadrant_split(n, 0), quadrant_split(64, 1),
                           quadrant_split(64, 2), ["tl", "tr", "bl", "br"])
+
+if "toy-grid" not in DATASETS:
+    @DATASETS.register("toy-grid", "test-only: a bright square in one of the 9 cells of a 3 x 3 "
+                       "grid (top-5 defined)", n=256)
+    def load_toy_grid(data_root, download=False, n=256):
+        return DataBundle("toy-grid", 9, 1, 18, grid_split(n, 0, 3, 18), grid_split(64, 1, 3, 18),
+                          grid_split(64, 2, 3, 18), [f"cell{c}" for c in range(9)])
+
+
+# The smallest run on which every method learns: toy-grid (256 training images of 18x18, 9
+# classes, so top-5 is defined), two epochs of 32 steps of 8 images (CBAM is at chance after one);
+# accuracy and WSOL.
+SMOKE_ARGS = ["--preset", "smoke", "--dataset", "toy-grid", "--epochs", "2", "--batch-size", "8",
+              "--tasks", "accuracy", "wsol", "--jobs", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def smoke_store(tmp_path_factory) -> Path:
+    """The directory of one ``bench run`` of every registered method (SMOKE_ARGS): its store,
+    report and score maps (``maps/``). Trained once per session and shared: read it, or copy it
+    before writing."""
+    from bench.cli import main
+
+    out = tmp_path_factory.mktemp("smoke")
+    torch.set_num_threads(int(os.environ.get("BENCH_TEST_THREADS", "2")))
+    assert main(["run", "--out", str(out), "--save-scoremaps", str(out / "maps"), *SMOKE_ARGS]) == 0
+    return out
 
 
 @pytest.fixture(autouse=True)

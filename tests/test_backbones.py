@@ -69,6 +69,7 @@ def wrn_params(depth: int, k: int, classes: int) -> int:
     return total + bn(c_in) + c_in * classes + classes
 
 
+@pytest.mark.torch_version
 def test_resnet50_matches_torchvision_exactly():
     model = bench.build_model("gap-fc", "resnet50", 1000)
     assert n_params(model) == 25_557_032
@@ -78,6 +79,7 @@ def test_resnet50_matches_torchvision_exactly():
     assert ours == theirs
 
 
+@pytest.mark.torch_version
 def test_resnet18_same_function_as_torchvision():
     torch.manual_seed(0)
     reference = torchvision.models.resnet18().eval()

@@ -33,6 +33,7 @@ def test_cost_is_a_registered_task_without_training():
     assert isinstance(task, CostTask) and task.name == "cost" and not task.needs_training
 
 
+@pytest.mark.torch_version
 def test_cost_metrics_carry_units_and_settings(tmp_path):
     result = TASKS.get("cost").obj.run(
         context(tmp_path, "batch_size=3,threads=1,pairs=2,min_run_time=0.02"))
@@ -58,6 +59,7 @@ def test_cost_metrics_carry_units_and_settings(tmp_path):
     assert metrics["train_step_ms"].extra["threads"] == 1
 
 
+@pytest.mark.torch_version
 def test_cost_without_train_step(tmp_path):
     result = TASKS.get("cost").obj.run(
         context(tmp_path, "batch_size=2,train_step=false,threads=1,min_run_time=0.02", cutmix=1.0))

@@ -41,6 +41,7 @@ from bench.profiling.flops import ADDED_RULES, DATA_MOVEMENT, _jit_handle, count
 from bench.profiling.profile import TRAIN_COUNT_BATCH, Workload, counted_figures
 from bench.registry import BACKBONES, METHODS, parse_spec
 
+pytestmark = [pytest.mark.slow, pytest.mark.torch_version]
 EXPECTED_PATH = Path(__file__).with_name("resnet50_costs.json")
 WORK = Workload(parse_spec(BACKBONES, "resnet50"), 3, 224, 1000)
 UNTRACEABLE = ("siou",)  # training_loss takes gradients of its input

@@ -134,6 +134,7 @@ def test_full_fp32_turns_tf32_off_and_restores_it():
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
 
 
+@pytest.mark.torch_version
 @pytest.mark.parametrize("amp, enabled", [("fp16", True), ("bf16", False), ("none", False)])
 def test_trainer_scales_gradients_for_fp16_only(monkeypatch, amp, enabled):
     """The precision part's fp16 variant relies on the trainer's GradScaler (bench/train.py):

@@ -123,6 +123,7 @@ def counts():
             for name, hooks in STAND_INS.items()}
 
 
+@pytest.mark.torch_version
 def test_resnet50_parameters_and_gmacs_match_torchvision(resnet50):
     net, traced, _ = resnet50
     reference = torchvision.models.resnet50()
@@ -134,6 +135,7 @@ def test_resnet50_parameters_and_gmacs_match_torchvision(resnet50):
     assert theirs.default.total - traced.default.total == 2048 * 7 * 7
 
 
+@pytest.mark.torch_version
 def test_flop_counter_mode_agrees_with_fvcore(resnet50):
     """FlopCounterMode's own conv and matmul formulas (halved) give fvcore's conv and linear MACs;
     with the rule table, both tools give the same total (ReLU, additions, max pool, GAP added)."""
@@ -145,6 +147,7 @@ def test_flop_counter_mode_agrees_with_fvcore(resnet50):
     assert traced.all.by_op["max_pool2d"] == 64 * 56 * 56 * 9
 
 
+@pytest.mark.torch_version
 def test_flop_counter_mode_counts_twice_per_mac():
     conv, x = nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.randn(2, 3, 10, 10)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -167,6 +170,7 @@ class HandCounted(nn.Module):
 HAND_COUNT = 48 + 48 + 12 * 9 + 2 * 48 + 5 * 48 + 12 + 2 + 48 + 2
 
 
+@pytest.mark.torch_version
 def test_rule_table_on_hand_counted_ops():
     net, x = HandCounted(), torch.randn(1, 2, 4, 6)
     traced = count_traced(net, x)
@@ -195,6 +199,7 @@ FVCORE_COUNTED = {
 }
 
 
+@pytest.mark.torch_version
 @pytest.mark.parametrize("name", list(FVCORE_COUNTED))
 def test_fvcore_rules_are_reproduced_at_the_dispatcher(name):
     """fvcore's own handles (traced) and their replicas (dispatched) agree, on x of 200 elements."""
@@ -205,6 +210,7 @@ def test_fvcore_rules_are_reproduced_at_the_dispatcher(name):
     assert count_dispatched(lambda: module(x)).total == expected
 
 
+@pytest.mark.torch_version
 @pytest.mark.parametrize("name", list(STAND_INS))
 def test_dispatch_count_equals_traced_count(name):
     """The rule table gives the same total through fvcore's trace and through FlopCounterMode."""
@@ -215,6 +221,7 @@ def test_dispatch_count_equals_traced_count(name):
     assert dispatched.uncounted == []
 
 
+@pytest.mark.torch_version
 def test_parameter_free_attention_shows_only_in_gmacs_all(counts):
     base, simam, se = counts["baseline"], counts["simam"], counts["se"]
     assert simam["params_added"] == 0
@@ -224,6 +231,7 @@ def test_parameter_free_attention_shows_only_in_gmacs_all(counts):
     assert se["params_added"] == sum(2 * c * (c // 4) + c // 4 + c for c in (16, 32, 64))
 
 
+@pytest.mark.torch_version
 def test_training_only_method_deploys_the_baseline(counts):
     baseline = counts["baseline"]
     torch.manual_seed(0)
@@ -238,6 +246,7 @@ def test_training_only_method_deploys_the_baseline(counts):
     assert toy["gmacs_train"] - baseline["gmacs_train"] > 32 * 64 * 9 * 256 / 1e9
 
 
+@pytest.mark.torch_version
 def test_memory_traffic_grows_with_attention():
     x = torch.randn(2, 3, 32, 32)
     traffic = {}
@@ -248,6 +257,7 @@ def test_memory_traffic_grows_with_attention():
     assert traffic["baseline"] < traffic["se"] < traffic["cbam"]
 
 
+@pytest.mark.torch_version
 def test_memory_traffic_of_a_1x1_convolution_is_shufflenet_v2s_formula():
     """MAC = hw(c1 + c2) + c1 c2 for a 1x1 convolution (ShuffleNet V2), here in float32 bytes;
     a flatten (a view) adds nothing, a broadcast factor is read once."""
@@ -262,6 +272,7 @@ def test_memory_traffic_of_a_1x1_convolution_is_shufflenet_v2s_formula():
     assert tensor_bytes(scale.expand(3, c2, h, w)) == 4 * c2
 
 
+@pytest.mark.torch_version
 def test_saved_activations_count_each_storage_once():
     """conv1 saves x; the in-place ReLU saves its output, which conv2 saves again (same storage);
     weights are not activations; sum() saves nothing."""
@@ -272,6 +283,7 @@ def test_saved_activations_count_each_storage_once():
     assert saved == 4 * (2 * 3 * 64 + 2 * 4 * 64)
 
 
+@pytest.mark.torch_version
 def test_saved_activations_of_a_discarded_branch_are_not_held():
     net = nn.Linear(6, 6, bias=False)
     x = torch.randn(4, 6)
@@ -301,6 +313,7 @@ def test_cutmix_batch_is_a_cutmix_mix():
     assert torch.equal(batch.x, batch.mask * batch.x_a + (1 - batch.mask) * x_b)
 
 
+@pytest.mark.torch_version
 def test_profile_rows_carry_figures_and_settings(monkeypatch):
     monkeypatch.setitem(METHODS._entries, "toy-aux",
                         Entry("toy-aux", lambda make, k: AuxHead(make(), k), "test stand-in"))

@@ -45,6 +45,7 @@ def cluster():
         cluster.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_stores_what_the_local_executor_stores(cluster, tmp_path):
     methods = ["gap-fc", "siou"]  # siou: a double backward inside the loss
     local = bench.run(methods, out=tmp_path / "local", **SMOKE)
@@ -79,6 +80,7 @@ def kill_a_worker_once(stop: threading.Event, killed: list) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(cluster, tmp_path):
     """SIGKILL one worker mid-run: both runs complete, with the numbers of an undisturbed
     (local) run, bit for bit, each stored once."""
@@ -140,6 +142,7 @@ def test_bad_executor_input_is_one_line(tmp_path, capsys, args, message):
     assert code == 2 and err.count("\n") == 1 and message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_run_no_node_can_hold_is_refused(cluster, tmp_path, capsys):
     Store(tmp_path / "results.sqlite").close()
     before = (tmp_path / "results.sqlite").read_bytes()

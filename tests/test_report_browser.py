@@ -21,8 +21,9 @@ from test_report import FIGURE_KINDS, build_store  # the hand-made store of test
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
                  if shutil.which(n)), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed "
-                                "(apt-get install chromium chromium-driver)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed "
+                                 "(apt-get install chromium chromium-driver)")]
 
 
 def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:

@@ -102,6 +102,7 @@ def test_nan_loss_fails_the_run():
               torch.device("cpu"), progress=False, check_every=1)
 
 
+@pytest.mark.torch_version
 @pytest.mark.parametrize("changes", [{"amp": "bf16"}, {"channels_last": True}])
 def test_execution_settings_train(changes):
     torch.manual_seed(0)

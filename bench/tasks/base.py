@@ -19,25 +19,9 @@ import torch
 
 from bench.data.base import DataBundle
 from bench.methods.base import MethodNet
+from bench.metrics import Metric, TaskResult  # noqa: F401 (the task interface's result types)
 from bench.presets import Recipe
 from bench.registry import TASKS, Spec
-
-
-@dataclass
-class Metric:
-    """One stored number: name, value and unit; ``extra`` records how it was obtained."""
-
-    name: str
-    value: float
-    unit: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class TaskResult:
-    metrics: list[Metric] = field(default_factory=list)
-    curves: dict[str, list[float]] = field(default_factory=dict)  # name -> value per epoch
-    artifacts: dict[str, str] = field(default_factory=dict)  # name -> path of a file written
 
 
 @dataclass
