@@ -32,9 +32,9 @@ STYLE = {"svg.hashsalt": "bench-report", "svg.fonttype": "path", "font.size": 9,
 CURVES = [("train_loss", "training loss"), ("train_top1", "training top-1 (%)"),
           ("test_top1", "test top-1 (%)"), ("holdout_top1", "holdout top-1 (%)"),
           ("lr", "learning rate")]
-# Curves stored per epoch from the first (index 0 = after epoch 1); the holdout curve's index is
-# the number of epochs trained and the learning rate's the epochs trained before it applies.
-AFTER_EPOCH = ("train_loss", "train_top1", "test_top1")
+# Curves are stored by epoch from 1 (after epoch 1; the learning rate during epoch 1); the holdout
+# curve starts before training, so its x is the stored epoch - 1: epochs trained.
+FROM_EPOCH_0 = ("holdout_top1",)
 
 
 class Plotter:
@@ -193,10 +193,11 @@ def wsol_bars(group: Group, summary: pd.DataFrame, plot: Plotter) -> Optional[Fi
 
 
 def training_curves(group: Group, summary: pd.DataFrame, plot: Plotter) -> Optional[Figure]:
-    """Per-epoch training loss, training and test top-1, learning rate (mean and 95% interval
-    over seeds, seaborn's seeded bootstrap, from the stored curves rather than ``summary``)."""
+    """Per-epoch training loss, training, test and holdout top-1 (the learning-speed curve, from
+    before training), learning rate (mean and 95% interval over seeds, seaborn's seeded
+    bootstrap, from the stored curves rather than ``summary``)."""
     curves = group.curves.dropna(subset=["value"]).copy()
-    curves.loc[curves["name"].isin(AFTER_EPOCH), "epoch"] += 1  # x: epochs trained
+    curves.loc[curves["name"].isin(FROM_EPOCH_0), "epoch"] -= 1  # x: epochs trained
     panels = [(n, label) for n, label in CURVES if n in set(curves["name"])]
     if not panels:
         return None
@@ -209,7 +210,7 @@ def training_curves(group: Group, summary: pd.DataFrame, plot: Plotter) -> Optio
                      marker="o", markersize=3,
                      legend=False, ax=ax)
         ax.set_ylabel(label)
-        ax.set_xlabel("epochs trained")
+        ax.set_xlabel("epoch" if name == "lr" else "epochs trained")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in flat[len(panels):]:
         ax.set_visible(False)
