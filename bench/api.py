@@ -360,10 +360,11 @@ def results(out: str | Path = "reports", per_seed: bool = False,
 
     check_interval(interval)
     load_all()  # method order and plugin methods, as in the report
-    records, runs, _, _ = read_store(Path(out))
+    records, runs, curves, _ = read_store(Path(out))
     if per_seed:
         return per_seed_frame(records)
-    return summary_frame(configuration_groups(records, runs), interval)
+    # curves: the learning-speed metrics are derived from them, as in `bench results`
+    return summary_frame(configuration_groups(records, runs, curves), interval)
 
 
 def compare(out: str | Path = "reports", metric: str = "top1",

@@ -52,6 +52,7 @@ def sleep_then_pid(seconds: float) -> int:
     return os.getpid()
 
 
+@pytest.mark.slow
 def test_a_dead_local_worker_costs_only_its_own_piece(tmp_path):
     executor = Processes(2, 1, max_retries=1)
     try:
@@ -107,6 +108,7 @@ def kill_a_worker_mid_run(scratch: Path, stop: threading.Event, killed: list) ->
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_jobs_2_a_worker_killed_mid_run(tmp_path, capsys, monkeypatch):
     """With --max-retries 0 the killed run is stored as a failure of the infrastructure (exit 1,
     a FAILED line), the other run completes bit-identical to an undisturbed run, and a plain
@@ -177,6 +179,7 @@ def shared_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_a_store_the_user_cannot_write(shared_dir, capsys):
     """A store owned by root (mode 0644), used by the user nobody: ``run`` is one error line
     naming the file and the permission, before SQLite opens it (nothing new beside it); results,

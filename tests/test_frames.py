@@ -33,7 +33,9 @@ def out(tmp_path_factory) -> Path:
                                   method=method, method_name=method, options={},
                                   backbone="resnet8", dataset="toy", seed=seed, preset="smoke",
                                   device="cpu", torch_version="2.x")
-            store.record_task(run, "accuracy", TaskResult([Metric("top1", top1, "%", {})]))
+            holdout = [10.0, top1 - 20.0, top1]  # the curve the learning-speed metrics read
+            store.record_task(run, "accuracy", TaskResult([Metric("top1", top1, "%", {})],
+                                                          curves={"holdout_top1": holdout}))
             if seed == 0:
                 store.record_task(run, "cost", TaskResult([Metric("params", PARAMS[method],
                                                                   "count", {})]))
@@ -50,7 +52,10 @@ def cli(capsys, *args: str) -> str:
 def test_results_are_the_csv_of_bench_results(out, capsys):
     frame = bench.results(out)
     text = cli(capsys, "--out", str(out), "--format", "csv", "--interval", "t")
-    assert list(frame.columns) == SUMMARY_FIELDS and len(frame) == 6  # 3 methods x 2 metrics
+    assert list(frame.columns) == SUMMARY_FIELDS
+    # 3 methods x (top1, params, and the learning-speed metrics derived from the stored curves)
+    assert set(frame["metric"]) == {"top1", "params", "learning_auc", "epochs_to_90"}
+    assert len(frame) == 12
     assert frame.to_csv(index=False) + "\n" == text  # print adds the last newline
     parsed = pd.read_csv(io.StringIO(text))
     numeric = ["n", "mean", "ci_low", "ci_high", "diff", "diff_low", "diff_high", "p", "p_holm"]

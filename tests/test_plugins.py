@@ -59,6 +59,7 @@ def test_installed_plugin_is_listed_with_its_package(installed):
     assert proc.stdout.count("[plugin:") == 1  # bench's own entries are not marked
 
 
+@pytest.mark.slow
 def test_installed_plugin_runs_in_two_worker_processes(installed, tmp_path):
     proc = bench(installed, "run", "--methods", "gap-fc", "srm", "--jobs", "2", "--out",
                  str(tmp_path), *TINY)
@@ -68,6 +69,7 @@ def test_installed_plugin_runs_in_two_worker_processes(installed, tmp_path):
     assert "bench-plugin-srm 0.1.0" in report  # the runs table names the plugin
 
 
+@pytest.mark.slow
 def test_installed_and_run_time_plugins_run_as_ray_tasks(installed, tmp_path):
     """Ray workers load the installed plugin (entry point) and the module named by --plugin."""
     pytest.importorskip("ray")
@@ -82,6 +84,7 @@ def test_installed_and_run_time_plugins_run_as_ray_tasks(installed, tmp_path):
                                     "version": None}])}
 
 
+@pytest.mark.slow
 def test_installed_plugin_is_tuned(installed, tmp_path):
     proc = bench(installed, "tune", "--methods", "srm", "--trials", "1", "--out", str(tmp_path),
                  *TINY)
