@@ -178,13 +178,21 @@ def test_noise_margin_from_the_baselines_seeds(gated, capsys, shift, fails):
                 "baseline's 3 seeds with std 1, bounded to [2, 2 x 2])") in out
 
 
+def check_top1(gated, capsys, shift: float, seeds: int, std: float) -> tuple[int, str]:
+    """``bench check`` against a baseline whose gap-fc top-1 is the stored 71.0 + ``shift`` over
+    ``seeds`` seeds with ``std``: its exit code and output."""
+    out_dir, baseline = gated
+    edit(baseline, lambda d: record(d, "gap-fc", "top1").update(value=71.0 + shift, seeds=seeds,
+                                                                  std=std))
+    code, out, _ = cli(capsys, "check", "--out", str(out_dir), "--baseline", str(baseline))
+    return code, out
+
+
 @pytest.mark.parametrize("shift, fails", [(3.9, False), (4.1, True)])
 def test_noise_margin_widens_at_most_by_the_stated_factor(gated, capsys, shift, fails):
     """std 5 over 3 seeds: the margin, 4.30265 * 5 * 0.91287 = 19.6 pp, is capped at
     MAX_WIDENING x the fixed 2 pp = 4 pp, so a 4.1 pp drop fails."""
-    out_dir, baseline = gated
-    edit(baseline, lambda d: record(d, "gap-fc", "top1").update(value=71.0 + shift, seeds=3, std=5.0))
-    code, out, _ = cli(capsys, "check", "--out", str(out_dir), "--baseline", str(baseline))
+    code, out = check_top1(gated, capsys, shift, seeds=3, std=5.0)
     assert MAX_WIDENING == 2.0
     assert code == (1 if fails else 0)
     if fails:
@@ -195,9 +203,7 @@ def test_noise_margin_widens_at_most_by_the_stated_factor(gated, capsys, shift, 
 @pytest.mark.parametrize("shift, fails", [(1.9, False), (2.1, True)])
 def test_noise_margin_never_narrows_the_fixed_tolerance(gated, capsys, shift, fails):
     """std 0 (e.g. 100% on every seed): the margin is 0, the fixed 2 pp still applies."""
-    out_dir, baseline = gated
-    edit(baseline, lambda d: record(d, "gap-fc", "top1").update(value=71.0 + shift, seeds=5, std=0.0))
-    code, out, _ = cli(capsys, "check", "--out", str(out_dir), "--baseline", str(baseline))
+    code, out = check_top1(gated, capsys, shift, seeds=5, std=0.0)
     assert code == (1 if fails else 0)
     if fails:
         assert "tolerance 2 (fixed 2, 95% prediction margin 0 " in out
@@ -207,9 +213,7 @@ def test_noise_margin_never_narrows_the_fixed_tolerance(gated, capsys, shift, fa
 def test_two_baseline_seeds_get_the_fixed_tolerance(gated, capsys, shift, fails):
     """m = 2, std 2: the prediction margin would be t(0.975, 1) * 2 * sqrt(1/2 + 1/2) = 25.4 pp;
     below MIN_NOISE_SEEDS baseline seeds the fixed 2 pp applies instead."""
-    out_dir, baseline = gated
-    edit(baseline, lambda d: record(d, "gap-fc", "top1").update(value=71.0 + shift, seeds=2, std=2.0))
-    code, out, _ = cli(capsys, "check", "--out", str(out_dir), "--baseline", str(baseline))
+    code, out = check_top1(gated, capsys, shift, seeds=2, std=2.0)
     assert MIN_NOISE_SEEDS == 3
     assert code == (1 if fails else 0)
     if fails:
