@@ -24,7 +24,7 @@ from bench.registry import BACKBONES, DATASETS, METHODS, TASKS, Spec, parse_spec
 if TYPE_CHECKING:
     import pandas as pd
 
-    from bench.report import ReportFiles
+    from bench.report.write import ReportFiles
     from bench.report.collect import Group
     from bench.suite import RunOutcome, SuiteConfig
 
@@ -291,7 +291,7 @@ def _finish(cfg: "SuiteConfig", outcomes: list["RunOutcome"], report: bool,
             times[phase] = times.get(phase, 0.0) + seconds
     files = None
     if report:
-        from bench.report import write_report
+        from bench.report.write import write_report
 
         report_start = time.perf_counter()
         files = write_report(cfg.out_dir)

@@ -310,7 +310,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import write_report
+    from bench.report.write import write_report
 
     files = write_report(args.out, args.interval, args.power)
     print(f"report: {files.markdown}\n        {files.html}\nfigures: {len(files.figures)} files "

@@ -166,7 +166,7 @@ class Processes(Executor):
         self.slots, self.threads, self.max_retries = jobs, threads, max_retries
         self.plugins = tuple(plugins)
         self.queue: deque[_Piece] = deque()
-        self.workers = [self._start(index) for index in range(jobs)]
+        self.workers: list[_Worker] = []  # started when there is work for them, up to ``jobs``
 
     def _start(self, index: int) -> _Worker:
         mine, theirs = self.context.Pipe()
@@ -178,7 +178,12 @@ class Processes(Executor):
         return _Worker(process, mine)
 
     def _dispatch(self) -> None:
-        """Hand queued pieces to idle workers (one that died while idle is replaced first)."""
+        """Hand queued pieces to idle workers (one that died while idle is replaced first),
+        starting workers while pieces wait and fewer than ``jobs`` run."""
+        idle = sum(worker.piece is None for worker in self.workers)
+        while len(self.workers) < self.slots and len(self.queue) > idle:
+            self.workers.append(self._start(len(self.workers)))
+            idle += 1
         for index, worker in enumerate(self.workers):
             if worker.piece is None and self.queue:
                 if not worker.process.is_alive():

@@ -55,6 +55,12 @@ if "toy-grid" not in DATASETS:
                           grid_split(64, 2, 3, 18), [f"cell{c}" for c in range(9)])
 
 
+# The smallest registered data set that still learns: digits-clutter with one copy of each digit on
+# a 16 x 16 canvas (1,078 training, 179 holdout and 540 test images), for end-to-end tests whose
+# workers (other processes, Ray) must find the data set by its registered name.
+TINY_CLUTTER = "digits-clutter[copies=1,eval_copies=1,canvas=16,min_size=8,max_size=12]"
+
+
 # The smallest run on which every method learns: toy-grid (256 training images of 18x18, 9
 # classes, so top-5 is defined), two epochs of 32 steps of 8 images (CBAM is at chance after one);
 # accuracy and WSOL.
@@ -62,24 +68,51 @@ SMOKE_ARGS = ["--preset", "smoke", "--dataset", "toy-grid", "--epochs", "2", "--
               "--tasks", "accuracy", "wsol", "--jobs", "1", "--no-progress"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with slow tests first (the order is otherwise kept): under pytest-xdist the long
+    end-to-end runs start early instead of ending the session on one busy worker."""
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow)
+
+
+def test_threads() -> int:
+    """Torch threads per test: BENCH_TEST_THREADS, else the cores shared among pytest-xdist's
+    workers (oversubscribed OpenMP threads spin and slow every run down)."""
+    if "BENCH_TEST_THREADS" in os.environ:
+        return int(os.environ["BENCH_TEST_THREADS"])
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+test_threads.__test__ = False  # a helper, not a test
+
+
 @pytest.fixture(scope="session")
 def smoke_store(tmp_path_factory) -> Path:
     """The directory of one ``bench run`` of every registered method (SMOKE_ARGS): its store,
-    report and score maps (``maps/``). Trained once per session and shared: read it, or copy it
-    before writing."""
+    report and score maps (``maps/``). Trained once per session, by the first pytest-xdist worker
+    that needs it, and shared: read it, or copy it before writing."""
+    from filelock import FileLock
+
     from bench.cli import main
 
-    out = tmp_path_factory.mktemp("smoke")
-    torch.set_num_threads(int(os.environ.get("BENCH_TEST_THREADS", "2")))
-    assert main(["run", "--out", str(out), "--save-scoremaps", str(out / "maps"), *SMOKE_ARGS]) == 0
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent  # shared by every worker of this session
+    out, done = root / "smoke", root / "smoke.done"
+    with FileLock(str(root / "smoke.lock")):
+        if not done.exists():
+            torch.set_num_threads(test_threads())
+            assert main(["run", "--out", str(out), "--save-scoremaps", str(out / "maps"),
+                         *SMOKE_ARGS]) == 0
+            done.touch()
     return out
 
 
 @pytest.fixture(autouse=True)
 def _threads():
-    """Two torch threads per test (the CI machine's cores); BENCH_TEST_THREADS=1 where several
-    test runs share the cores (oversubscribed OpenMP threads spin and slow every run down)."""
-    torch.set_num_threads(int(os.environ.get("BENCH_TEST_THREADS", "2")))
+    """Each test's torch threads (``test_threads``), whatever the previous test set."""
+    torch.set_num_threads(test_threads())
     yield
 
 

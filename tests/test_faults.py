@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import stored
+from conftest import TINY_CLUTTER, stored
 
 import bench
 from bench.cli import main
@@ -29,11 +29,11 @@ from bench.suite import run_config
 from bench.tasks.base import TaskResult
 
 ROOT = Path(__file__).resolve().parents[1]
-# digits-clutter (a registered dataset, so that spawned workers find it) at a quarter of its size
-SMALL = dict(preset="smoke", dataset="digits-clutter[copies=1,eval_copies=1]", epochs=2,
-             tasks=["accuracy"], threads=1, progress=False)
-SMALL_ARGS = ["--preset", "smoke", "--dataset", "digits-clutter[copies=1,eval_copies=1]",
-              "--epochs", "2", "--tasks", "accuracy", "--threads", "1", "--no-progress"]
+# Runs of a few seconds (4 epochs of the tiny digits-clutter), so that a worker is killed mid-run.
+SMALL = dict(preset="smoke", dataset=TINY_CLUTTER, epochs=4, tasks=["accuracy"], threads=1,
+             progress=False)
+SMALL_ARGS = ["--preset", "smoke", "--dataset", TINY_CLUTTER, "--epochs", "4", "--tasks",
+              "accuracy", "--threads", "1", "--no-progress"]
 
 
 def die_once(marker: str) -> int:

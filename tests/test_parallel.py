@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY_CLUTTER
 
 from bench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["--preset", "smoke", "--tasks", "accuracy", "--no-progress"]  # 3 epochs
-SMALL_CLUTTER = "digits-clutter[copies=1,eval_copies=1]"  # a quarter of the training images
 # conftest's toy-grid (registered in other processes by tests/toy_cli.py): 1 epoch of 32 steps
 TOY = ["--preset", "smoke", "--dataset", "toy-grid", "--epochs", "1", "--batch-size", "8",
        "--tasks", "accuracy", "--no-progress"]
@@ -32,7 +32,7 @@ def counts(out: Path) -> tuple[int, list]:
 @pytest.mark.slow
 def test_jobs_store_every_result_exactly_once(tmp_path, capsys):
     args = ["run", "--methods", "gap-fc", "simam", "--seeds", "2", "--jobs", "2", "--out", str(tmp_path),
-            *SMOKE, "--epochs", "1", "--dataset", SMALL_CLUTTER]
+            *SMOKE, "--epochs", "1", "--dataset", TINY_CLUTTER]
     assert main(args) == 0
     runs, duplicates = counts(tmp_path)
     assert runs == 4 and duplicates == []

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY_CLUTTER
 
 from bench import plugins
 from bench.cli import main
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "bench-plugin-srm"
 SRM = {"module": "bench_plugin_srm", "distribution": "bench-plugin-srm", "version": "0.1.0"}
 TINY = ["--preset", "smoke", "--epochs", "1", "--tasks", "accuracy", "--no-progress",
-        "--dataset", "digits-clutter[copies=1,eval_copies=1]"]
+        "--dataset", TINY_CLUTTER]
 
 
 @pytest.fixture(scope="module")

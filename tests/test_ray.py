@@ -16,7 +16,7 @@ import torch
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is imported: loopback only
 ray = pytest.importorskip("ray")  # the [ray] extra, part of [test]
-from conftest import stored  # noqa: E402
+from conftest import TINY_CLUTTER, stored  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 import bench  # noqa: E402
@@ -25,8 +25,8 @@ from bench.store import WORKER_ENV, Store  # noqa: E402
 from bench.api import suite_config  # noqa: E402
 from bench.suite import run_config  # noqa: E402
 
-SMOKE = dict(preset="smoke", epochs=1, tasks=["accuracy", "wsol"], progress=False, threads=1,
-             report=False)
+SMOKE = dict(preset="smoke", dataset=TINY_CLUTTER, epochs=1, tasks=["accuracy", "wsol"],
+             progress=False, threads=1, report=False)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def kill_a_worker_once(stop: threading.Event, killed: list) -> None:
 def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(cluster, tmp_path):
     """SIGKILL one worker mid-run: both runs complete, with the numbers of an undisturbed
     (local) run, bit for bit, each stored once."""
-    settings = SMOKE | {"tasks": ["accuracy"]}
+    settings = SMOKE | {"tasks": ["accuracy"], "epochs": 4}  # runs of a few seconds: killable
     undisturbed = bench.run(["gap-fc", "simam"], out=tmp_path / "local", **settings)
     assert [o.status for o in undisturbed.outcomes] == ["complete", "complete"]
     stop, killed = threading.Event(), []

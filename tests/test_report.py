@@ -15,7 +15,7 @@ from PIL import Image
 
 from bench.cli import main
 from bench.registry import METHODS
-from bench.report import write_report
+from bench.report.write import write_report
 from bench.report.collect import BASELINE_COLOUR, load, method_order, method_palette
 from bench.report.figures import Plotter, accuracy_vs_cost
 from bench.report.results import summary_frame

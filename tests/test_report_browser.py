@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.metrics import METRICS
-from bench.report import write_report
+from bench.report.write import write_report
 from bench.store import Store
 from bench.tasks.base import Metric, TaskResult
 from test_report import FIGURE_KINDS, build_store  # the hand-made store of tests/test_report.py

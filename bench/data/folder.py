@@ -14,15 +14,17 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
 
 from bench.errors import BenchError
+
+if TYPE_CHECKING:  # torchvision is imported where images are read (it takes seconds to import)
+    from torchvision import transforms
 
 
 TRAIN_CROPS = ("resize-crop", "random-resized")
@@ -50,6 +52,8 @@ class ImageOptions:
     def train_transform(self) -> transforms.Compose:
         """``resize-crop``: resize to resize_size, random input_size crop (the WSOL reference's
         recipe); ``random-resized``: RandomResizedCrop (the ImageNet classification recipe); flip."""
+        from torchvision import transforms
+
         if self.train_crop == "resize-crop":
             crop = [transforms.Resize((self.resize_size, self.resize_size)),
                     transforms.RandomCrop(self.input_size)]
@@ -82,6 +86,8 @@ class FolderSplit:
         self.input_size = input_size
         self.original_boxes = (None if boxes is None else
                                [np.asarray(b, dtype=np.int64).reshape(-1, 4) for b in boxes])
+        from torchvision import transforms
+
         to_tensor = [transforms.ToTensor(), transforms.Normalize(mean, std)]
         self.test_transform = transforms.Compose(
             [transforms.Resize((input_size, input_size))] + to_tensor)

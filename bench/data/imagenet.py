@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from bench.data.base import IMAGENET_MEAN, IMAGENET_STD, DataBundle, parse_options
 from bench.data.folder import FolderSplit, ImageOptions
@@ -99,6 +98,8 @@ def metadata_folder(root: Path, value: str, default: str, option: str) -> Option
 
 def list_images(folder: Path, root: Path, class_to_idx: dict[str, int]) -> tuple[list[str], list[int]]:
     """(paths relative to ``root``, labels) of ``folder/<wnid>/`` images, in ImageFolder's order."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
     items = make_dataset(str(folder), class_to_idx, IMG_EXTENSIONS, allow_empty=True)
     return [Path(path).relative_to(root).as_posix() for path, _ in items], [label for _, label in items]
 
@@ -156,6 +157,8 @@ def load(data_root: Path | None = None, download: bool = False, **options: objec
     train_paths, train_labels = list_images(root / "train", root, class_to_idx)
     counts = np.bincount(train_labels, minlength=len(classes))
     if counts.min() == 0:
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
         raise BenchError(f"{root / 'train' / classes[int(counts.argmin())]} holds no images "
                          f"({', '.join(IMG_EXTENSIONS)}); every class needs training images")
     val_paths, val_labels = list_images(root / "val", root, class_to_idx)
