@@ -222,13 +222,13 @@ class Processes(Executor):
                 return piece.handle, value, None
 
     def _replace(self, worker: _Worker) -> Optional[Done]:
-        """Start a worker in place of the dead one; run its piece again, or, once it has died
-        ``max_retries + 1`` times, hand it back with the cause."""
+        """Run the dead worker's piece again (``_dispatch`` starts a worker in its place when
+        there is work for one), or, once it has died ``max_retries + 1`` times, hand it back with
+        the cause."""
         worker.process.join(timeout=10)
         reason = death_reason(worker.process.exitcode)
         worker.connection.close()
-        piece = worker.piece
-        self.workers[self.workers.index(worker)] = self._start(self.workers.index(worker))
+        piece, worker.piece = worker.piece, None
         piece.attempts += 1
         if piece.attempts <= self.max_retries:
             self.queue.appendleft(piece)
