@@ -12,6 +12,7 @@ mark it and each run can record the plugins (package and version) it used.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -161,10 +162,17 @@ def load_module(module: str) -> Plugin:
     return plugin
 
 
+@functools.lru_cache(maxsize=8)
+def _distributions_by_package(path: tuple[str, ...]) -> dict[str, list[str]]:
+    """``importlib.metadata.packages_distributions()`` for the import path ``path`` (it reads every
+    installed distribution's file list, about a second, so once per path)."""
+    return metadata.packages_distributions()
+
+
 def distribution_of(module: str) -> tuple[Optional[str], Optional[str]]:
     """The installed distribution a module belongs to and its version, or (None, None)."""
     top = module.split(".", 1)[0]
-    names = metadata.packages_distributions().get(top, [])
+    names = _distributions_by_package(tuple(sys.path)).get(top, [])
     if not names:
         return None, None
     return names[0], metadata.version(names[0])

@@ -115,7 +115,7 @@ def test_jobs_2_a_worker_killed_mid_run(tmp_path, capsys, monkeypatch):
     a FAILED line), the other run completes bit-identical to an undisturbed run, and a plain
     rerun retries the failed one, again bit-identical."""
     methods = ["gap-fc", "simam"]
-    undisturbed = bench.run(methods, out=tmp_path / "undisturbed", report=False, **SMALL)
+    undisturbed = bench.run(methods, out=tmp_path / "undisturbed", report=False, jobs=1, **SMALL)
     assert [o.status for o in undisturbed.outcomes] == ["complete"] * 2
     expected = stored(tmp_path / "undisturbed")
     assert len(expected) == 2 * 3  # top1, top5, test_loss per run

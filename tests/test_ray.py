@@ -48,7 +48,7 @@ def cluster():
 @pytest.mark.slow
 def test_ray_stores_what_the_local_executor_stores(cluster, tmp_path):
     methods = ["gap-fc", "siou"]  # siou: a double backward inside the loss
-    local = bench.run(methods, out=tmp_path / "local", **SMOKE)
+    local = bench.run(methods, out=tmp_path / "local", jobs=1, **SMOKE)  # in this process
     remote = bench.run(methods, out=tmp_path / "ray", executor="ray",
                        ray_address=cluster.address, **SMOKE)
     assert [o.status for o in remote.outcomes] == ["complete"] * 2
@@ -85,7 +85,7 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(cluster, t
     """SIGKILL one worker mid-run: both runs complete, with the numbers of an undisturbed
     (local) run, bit for bit, each stored once."""
     settings = SMOKE | {"tasks": ["accuracy"], "epochs": 4}  # runs of a few seconds: killable
-    undisturbed = bench.run(["gap-fc", "simam"], out=tmp_path / "local", **settings)
+    undisturbed = bench.run(["gap-fc", "simam"], out=tmp_path / "local", jobs=1, **settings)
     assert [o.status for o in undisturbed.outcomes] == ["complete", "complete"]
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=kill_a_worker_once, args=(stop, killed), daemon=True)
