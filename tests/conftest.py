@@ -68,23 +68,13 @@ SMOKE_ARGS = ["--preset", "smoke", "--dataset", "toy-grid", "--epochs", "2", "--
               "--tasks", "accuracy", "wsol", "--jobs", "1", "--no-progress"]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules with slow tests first (the order is otherwise kept): under pytest-xdist the long
-    end-to-end runs start early instead of ending the session on one busy worker."""
-    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ not in slow)
-
-
-def test_threads() -> int:
+def threads_per_test() -> int:
     """Torch threads per test: BENCH_TEST_THREADS, else the cores shared among pytest-xdist's
     workers (oversubscribed OpenMP threads spin and slow every run down)."""
     if "BENCH_TEST_THREADS" in os.environ:
         return int(os.environ["BENCH_TEST_THREADS"])
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     return max(1, (os.cpu_count() or 1) // workers)
-
-
-test_threads.__test__ = False  # a helper, not a test
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +92,7 @@ def smoke_store(tmp_path_factory) -> Path:
     out, done = root / "smoke", root / "smoke.done"
     with FileLock(str(root / "smoke.lock")):
         if not done.exists():
-            torch.set_num_threads(test_threads())
+            torch.set_num_threads(threads_per_test())
             assert main(["run", "--out", str(out), "--save-scoremaps", str(out / "maps"),
                          *SMOKE_ARGS]) == 0
             done.touch()
@@ -111,8 +101,8 @@ def smoke_store(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _threads():
-    """Each test's torch threads (``test_threads``), whatever the previous test set."""
-    torch.set_num_threads(test_threads())
+    """Each test's torch threads (``threads_per_test``), whatever the previous test set."""
+    torch.set_num_threads(threads_per_test())
     yield
 
 
