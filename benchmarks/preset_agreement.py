@@ -141,7 +141,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--jobs", type=int, default=None,
                         help="parallel runs (default: bench's: one per core on the CPU)")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--interval", default="bootstrap", help="bootstrap or t")
+    parser.add_argument("--interval", default="t", help="t (the report's default) or bootstrap")
     parser.add_argument("--out", type=Path, default=Path("reports/preset-agreement"))
     parser.add_argument("--from-store", action="store_true",
                         help="print the table from the stored runs; train nothing")
