@@ -17,7 +17,7 @@ rescaled like an object, placed with the crop inside the canvas and multiplied b
 ``clutter_contrast``. The digit is composited on top with max(), Gaussian noise of standard
 deviation ``noise`` (intensity in [0, 1]) is added everywhere, and the image is quantised to uint8.
 
-Difficulty: the defaults are set so that the GAP-FC baseline on the quick preset (ResNet-8, 8
+Difficulty: the defaults are set so that the GAP-FC baseline (ResNet-8, 8
 epochs, SGD lr 0.1 cosine, batch 128) reaches about 86 % test top-1, clearly below the ceiling
 (clutter_contrast 0.8: 76.5 %; clutter=6, clutter_contrast=0.6: 94.7 %).
 
