@@ -71,8 +71,8 @@ def schedule(out: Path, epochs: int, args: argparse.Namespace) -> tuple[Group, O
     if not args.from_store:
         start = time.perf_counter()
         bench.run(args.methods, preset=args.preset, dataset=args.dataset, epochs=epochs,
-                  seeds=args.seeds, tasks=args.tasks, out=out, jobs=args.jobs, threads=args.threads, report=False,
-                  progress=not args.no_progress)
+                  seeds=args.seeds, tasks=args.tasks, out=out, jobs=args.jobs,
+                  threads=args.threads, report=False, progress=not args.no_progress)
         seconds = time.perf_counter() - start
     recipe = dataclasses.asdict(PRESETS.get(args.preset).obj.replace(epochs=epochs))
     wanted = {k: (list(v) if isinstance(v, tuple) else v) for k, v in recipe.items()
