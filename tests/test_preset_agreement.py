@@ -1,0 +1,51 @@
+"""benchmarks/preset_agreement.py's check of the headline verdicts on hand-made records: a
+default's verdict the reference shares is confirmed, one it lacks is reported, one only the
+reference gives is listed, and learning-speed verdicts are never held against the default."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "preset_agreement.py"
+SEEDS = range(5)
+JITTER = (0.0, 0.3, -0.3, 0.6, -0.6)  # per seed, shared by every method
+SPREAD = (0.0, 0.1, -0.1, 0.05, -0.05)  # per seed, of each method's difference to gap-fc (mean 0)
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("preset_agreement", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def group(shifts: dict[tuple[str, str], float]) -> SimpleNamespace:
+    """Records of gap-fc, a and b over 5 seeds: 80% plus the (method, metric) shift; the
+    differences to gap-fc spread a little around it, so that every paired t-test has a variance."""
+    rows = []
+    for metric in ("top1", "pxap", "learning_auc"):
+        for m in ("gap-fc", "a", "b"):
+            for s in SEEDS:
+                offset = 0.0 if m == "gap-fc" else shifts.get((m, metric), 0.0) + SPREAD[s]
+                rows.append({"method": m, "metric": metric, "setting": "", "seed": s,
+                             "value": 80.0 + JITTER[s] + offset, "unit": "%"})
+    return SimpleNamespace(records=pd.DataFrame(rows))
+
+
+def test_verdicts_are_confirmed_missing_or_reference_only(script):
+    default = group({("a", "top1"): 5.0, ("b", "top1"): -5.0, ("a", "learning_auc"): 8.0})
+    reference = group({("a", "top1"): 4.0, ("b", "pxap"): -6.0})
+    rows, unconfirmed = script.verdict_rows(default, reference, ["gap-fc", "a", "b"], "t")
+    seen = {(r["metric"], r["method"]): (r["verdict, default"], r["verdict, reference"],
+                                         r["default's verdict confirmed"]) for r in rows}
+    same = "no detectable difference"
+    assert seen == {("top-1", "a"): ("better", "better", "yes"),
+                    ("top-1", "b"): ("worse", same, "no"),
+                    ("PxAP", "b"): (same, "worse", "reference only"),
+                    ("learning AUC", "a"): ("better", same, "schedule-bound")}
+    assert unconfirmed == ["b top1"]
