@@ -105,10 +105,18 @@ def test_mask_map_has_the_known_deletion_and_insertion_auc(object_run):
     # point: 16 steps of 16 pixels, the object 2 steps), so the AUC is 1/16 (black is 0 here:
     # the split's normalisation is mean 0, std 1)
     assert value(object_run, "deletion_auc@own") == pytest.approx(FRACTION / 2, abs=1e-5)
-    # insertion starts from the blurred image, which spreads the object's intensity around it;
-    # this model sums intensities, so it scores the blur near 1 already: the AUC lies between the
-    # flat start's 1 - 1/16 and 1
-    assert 1 - FRACTION / 2 - 1e-5 <= value(object_run, "insertion_auc@own") <= 1.0
+    # insertion from the blurred image: the blur keeps the object's intensity (its reflected
+    # borders add some), and this model scores the clamped intensity sum, so p sits at its
+    # ceiling 1 - 1e-6 from the first step on
+    assert value(object_run, "insertion_auc@own") == pytest.approx(1 - 1e-6, abs=1e-7)  # float32
+
+
+def test_insertion_from_black_has_the_known_auc(tmp_path):
+    # from black, the object's 32 pixels come back first, 16 a step: p is 0, 1/2, then 1 for the
+    # 14 remaining steps, so the trapezoids give (1/4 + 3/4 + 14) / 16 = 1 - 1/16
+    run = run_task(ObjectOnly(), object_data(), tmp_path,
+                   "maps[sources=own,images=40,insertion_from=black]")
+    assert value(run, "insertion_auc@own") == pytest.approx(1 - FRACTION / 2, abs=1e-5)
 
 
 @pytest.fixture(scope="module")
