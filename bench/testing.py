@@ -20,10 +20,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from bench.api import build_model, profile
+from bench.build import build_from_specs
 from bench.methods.base import Batch, MethodNet
-from bench.profiling.profile import min_input_size
-from bench.registry import BACKBONES, parse_spec
+from bench.plugins import load_all
+from bench.profiling.profile import min_input_size, profile_methods
+from bench.registry import BACKBONES, METHODS, parse_spec
 
 CLASSES = 5
 BATCH = 4
@@ -45,12 +46,19 @@ def _input_size(backbone: str) -> int:
     return max(32, 2 * min_input_size(parse_spec(BACKBONES, backbone), 3))
 
 
+def _build(name: str, backbone: str, size: int) -> MethodNet:
+    """The training network of ``name`` on ``backbone`` for ``size`` x ``size`` RGB images."""
+    load_all()
+    return build_from_specs(parse_spec(METHODS, name), parse_spec(BACKBONES, backbone), CLASSES,
+                            3, size)
+
+
 def check_network(name: str, backbone: str) -> None:
     """The training step, the map and the deployed network of ``name`` on ``backbone``."""
     where = f"method {name!r} on {backbone}"
     size = _input_size(backbone)
     torch.manual_seed(0)
-    model = build_model(name, backbone, num_classes=CLASSES, in_channels=3, input_size=size)
+    model = _build(name, backbone, size)
     _require(isinstance(model, MethodNet),
              f"{where}: the builder returned {type(model).__name__}, not a MethodNet")
     x, y = torch.randn(BATCH, 3, size, size), torch.arange(BATCH) % CLASSES
@@ -86,7 +94,7 @@ def check_network(name: str, backbone: str) -> None:
                  f"{where}: localization maps of shape {tuple(maps.shape)}, not (B, h, w)")
         _require(torch.isfinite(maps).all(), f"{where}: localization maps are not finite")
     with torch.device("meta"):
-        build_model(name, backbone, num_classes=CLASSES, input_size=size)
+        _build(name, backbone, size)
 
 
 def check_cost(name: str, backbone: str) -> None:
@@ -95,12 +103,12 @@ def check_cost(name: str, backbone: str) -> None:
 
     where = f"method {name!r} on {backbone}"
     size = _input_size(backbone)
-    row = profile([name], backbone=backbone, input_size=size, num_classes=CLASSES, batch_size=2,
-                  latency=False)[0]
+    row = profile_methods([parse_spec(METHODS, name)], parse_spec(BACKBONES, backbone), size,
+                          CLASSES, batch_size=2, latency=False)[0]
     torch.manual_seed(0)
-    model = build_model(name, backbone, num_classes=CLASSES, input_size=size).eval()
+    model = _build(name, backbone, size).eval()
     deployed = model.deploy().eval()
-    baseline = build_model("gap-fc", backbone, num_classes=CLASSES, input_size=size).deploy()
+    baseline = _build("gap-fc", backbone, size).deploy()
     counted = {"params": _params(deployed), "params_train": _params(model),
                "params_added": _params(deployed) - _params(baseline)}
     for key, value in counted.items():

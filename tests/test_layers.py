@@ -1,7 +1,7 @@
 """The package's architecture, declared once and checked on every import statement in bench/
 (module level and inside functions, by grimp): layers import downwards only, no module imports
 itself through a circle, and the public API (bench.api, re-exported by bench/__init__) sits on top
-where only the command line and the public contract check (bench.testing) reach it."""
+where only the command line reaches it."""
 import pkgutil
 
 import grimp
@@ -12,15 +12,15 @@ import bench
 # Highest first. A layer may import any layer below it; modules of one layer may import each other
 # (the cycle test keeps that one-directional).
 LAYERS = (
-    ("cli", "__main__", "testing"),  # testing: the method contract, a user of the public API
+    ("cli", "__main__"),
     ("api",),
-    ("suite", "tuning", "plugins", "executors", "ray_executor"),
+    ("suite", "tuning", "plugins", "executors", "ray_executor", "testing"),
     ("tasks", "profiling", "report"),
     ("methods", "build", "train"),
     ("models", "data", "presets"),
     ("registry", "store", "metrics", "errors", "device", "distributed", "checkpoints", "search"),
 )
-API_IMPORTERS = {"bench", "bench.cli", "bench.__main__", "bench.testing"}
+API_IMPORTERS = {"bench", "bench.cli", "bench.__main__"}
 
 
 @pytest.fixture(scope="module")
