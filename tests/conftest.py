@@ -3,9 +3,11 @@ second, one suite of every registered method trained on it once per test session
 metrics of a store, to compare two runs bit for bit."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import sqlite3
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -130,3 +132,12 @@ def stored(out: Path) -> dict[tuple, float]:
                       "JOIN runs r ON r.id = m.run_id").fetchall()
     db.close()
     return {row[:4]: row[4] for row in rows if row[3] not in TIMING}
+
+
+def benchmark_script(name: str) -> ModuleType:
+    """``benchmarks/NAME.py`` imported as a module (benchmarks are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,24 +4,19 @@ failed says so and stores nothing as chosen."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import shutil
-from pathlib import Path
 
 import optuna
 import pytest
+from conftest import benchmark_script
 
 from bench.presets import PRESETS
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "choose_default_recipe.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("choose_default_recipe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("choose_default_recipe")
 
 
 def test_the_stored_study_reproduces_the_quick_recipe(script, tmp_path, capsys):

@@ -3,14 +3,12 @@ default's verdict the reference shares is confirmed, one it lacks is reported, o
 reference gives is listed, and learning-speed verdicts are never held against the default."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from conftest import benchmark_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "preset_agreement.py"
 SEEDS = range(5)
 JITTER = (0.0, 0.3, -0.3, 0.6, -0.6)  # per seed, shared by every method
 SPREAD = (0.0, 0.1, -0.1, 0.05, -0.05)  # per seed, of each method's difference to gap-fc (mean 0)
@@ -18,10 +16,7 @@ SPREAD = (0.0, 0.1, -0.1, 0.05, -0.05)  # per seed, of each method's difference 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("preset_agreement", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("preset_agreement")
 
 
 def group(shifts: dict[tuple[str, str], float]) -> SimpleNamespace:
