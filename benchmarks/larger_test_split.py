@@ -25,7 +25,9 @@ from tabulate import tabulate
 
 import bench
 from bench.checkpoints import checkpoint_path
+from bench.data.base import DataBundle
 from bench.data.digits_clutter import load
+from bench.errors import BenchError
 from bench.report.collect import BASELINE
 from bench.store import Store
 from bench.train import evaluate
@@ -37,30 +39,34 @@ def top1_by_run(out: Path, eval_copies: int) -> dict[str, dict[int, float]]:
     stored = {(r["run_id"], r["task"], r["metric"]): r["value"] for r in store.records()}
     runs = [r for r in store.runs() if r["status"] == "complete"]
     store.close()
-    splits: dict[tuple[int, str], object] = {}
+    bundles: dict[str, DataBundle] = {}  # by dataset options, eval_copies included
+
+    def bundle(options: dict) -> DataBundle:
+        key = json.dumps(options, sort_keys=True)
+        if key not in bundles:
+            bundles[key] = load(None, False, **options)
+        return bundles[key]
+
     result: dict[str, dict[int, float]] = {}
     for run in runs:
         config = json.loads(run["config"])
         if config["dataset"] != "digits-clutter":
             raise SystemExit(f"error: {out}: run {run['id']} is on {config['dataset']}, not "
                              "digits-clutter")
-        options = config["dataset_options"]
-        backbone = ",".join(f"{k}={v}" for k, v in config["backbone_options"].items())
-        model = bench.build_model(run["method"], f"{config['backbone']}[{backbone}]", 10,
-                                  in_channels=1, input_size=options["canvas"],
+        own = bundle(config["dataset_options"])
+        model = bench.build_model(run["method"], run["backbone"], own.num_classes,
+                                  in_channels=own.in_channels, input_size=own.input_size,
                                   dataset="digits-clutter")
         state = torch.load(checkpoint_path(out, run["config_hash"]), map_location="cpu",
                            weights_only=True)
         model.load_state_dict(state["model"])
         net = model.eval().deploy()
-        for copies in (options["eval_copies"], eval_copies):
-            key = (copies, json.dumps(options, sort_keys=True))
-            if key not in splits:
-                splits[key] = load(None, False, **dict(options, eval_copies=copies)).test
-            top1 = evaluate(net, splits[key], 512, torch.device("cpu"))["top1"]
-            if copies == options["eval_copies"] and top1 != stored[(run["id"], "accuracy", "top1")]:
-                raise SystemExit(f"error: {run['method']} seed {run['seed']}: re-evaluated "
-                                 f"top-1 {top1} differs from the stored one")
+        top1 = evaluate(net, own.test, 512, torch.device("cpu"))["top1"]
+        if top1 != stored[(run["id"], "accuracy", "top1")]:
+            raise SystemExit(f"error: {run['method']} seed {run['seed']}: re-evaluated top-1 "
+                             f"{top1} differs from the stored one")
+        larger = bundle(dict(config["dataset_options"], eval_copies=eval_copies))
+        top1 = evaluate(net, larger.test, 512, torch.device("cpu"))["top1"]
         result.setdefault(run["method"], {})[run["seed"]] = top1
     return result
 
@@ -72,8 +78,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--eval-copies", type=int, default=8)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    short = top1_by_run(args.out / "default", args.eval_copies)
-    long = top1_by_run(args.out / f"x{args.factor}", args.eval_copies)
+    try:
+        short = top1_by_run(args.out / "default", args.eval_copies)
+        long = top1_by_run(args.out / f"x{args.factor}", args.eval_copies)
+    except BenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     methods = [m for m in short if m in long]
 
     def difference(values: dict[str, dict[int, float]], m: str) -> float:
