@@ -1,13 +1,14 @@
 """Choose the default (``quick``) preset's recipe by the suite's own protocol, reproducibly.
 
     python benchmarks/choose_default_recipe.py [--minutes M] [--workers 2] [--trials N]
-        [--space NAME=LOW:HIGH ...] [--study PATH]
+        [--space NAME=LOW:HIGH ...] [--study PATH] [--dataset SPEC]
 
 An Optuna study (TPE, constant liar for the parallel workers) over the shared recipe: learning rate,
 batch size, weight decay, warm-up epochs and label smoothing. Every candidate recipe trains every
 method of the preset (``PRESET_METHODS['quick']``) with the same recipe, the preset's epochs, data
 and backbone, training seed 0, and is scored on the HOLDOUT split only (never the test split),
-as ``bench tune`` scores its trials.
+as ``bench tune`` scores its trials. ``--dataset SPEC`` searches for other data instead (a candidate
+workload); the data is part of the study's definition, so use another ``--study`` for it.
 
 Objective: the worst method's holdout top-1 (the mean is stored and printed beside it). The default
 must not handicap any method: a recipe that suits most methods but leaves one far from where it
@@ -79,13 +80,14 @@ def storage(path: Path) -> Any:
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
 
 
-def definition(space: dict[str, Param]) -> dict[str, Any]:
-    """What identifies the study: base recipe, methods, seed, space (a rerun must match)."""
+def definition(space: dict[str, Param], dataset: Optional[str] = None) -> dict[str, Any]:
+    """What identifies the study: base recipe (with its data), methods, seed, space (a rerun must
+    match)."""
     import dataclasses
 
     from bench.presets import PRESETS
 
-    base = dataclasses.asdict(PRESETS.get(PRESET).obj)
+    base = dataclasses.asdict(PRESETS.get(PRESET).obj.replace(dataset=dataset))
     base = {k: v for k, v in base.items() if k not in space and k != "seeds"}
     return {"preset": PRESET, "base_recipe": {k: (list(v) if isinstance(v, tuple) else v)
                                               for k, v in base.items()},
@@ -93,7 +95,8 @@ def definition(space: dict[str, Param]) -> dict[str, Any]:
             "score": "holdout top-1 (%), worst method"}
 
 
-def open_study(path: Path, space: dict[str, Param], create: bool) -> optuna.Study:
+def open_study(path: Path, space: dict[str, Param], create: bool,
+               dataset: Optional[str] = None) -> optuna.Study:
     """The stored study, created when ``create``; a study stored with another definition is a
     BenchError (its trials would mix two configurations)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -105,14 +108,15 @@ def open_study(path: Path, space: dict[str, Param], create: bool) -> optuna.Stud
         if not create:
             raise BenchError(f"no study {STUDY_NAME!r} in {path}; run with --minutes to search")
         study = optuna.create_study(study_name=STUDY_NAME, storage=store, direction="maximize")
-        for key, value in definition(space).items():
+        for key, value in definition(space, dataset).items():
             study.set_user_attr(key, value)
         study.enqueue_trial(ENQUEUED)
         return study
     study = optuna.load_study(study_name=STUDY_NAME, storage=store)
-    stored = {k: study.user_attrs.get(k) for k in definition(space)}
-    if stored != definition(space):
-        changed = sorted(k for k in stored if stored[k] != definition(space)[k])
+    wanted = definition(space, dataset)
+    stored = {k: study.user_attrs.get(k) for k in wanted}
+    if stored != wanted:
+        changed = sorted(k for k in stored if stored[k] != wanted[k])
         raise BenchError(f"the study in {path} was stored with another {', '.join(changed)}; "
                          f"use another --study")
     return study
@@ -126,7 +130,7 @@ def best_value(study: optuna.Study) -> Optional[float]:
 class Trainer:
     """Trains one method under a candidate recipe and scores it on the holdout split."""
 
-    def __init__(self) -> None:
+    def __init__(self, dataset: Optional[str]) -> None:
         from bench.plugins import load_all
         from bench.presets import PRESETS
         from bench.registry import BACKBONES, DATASETS, METHODS, parse_spec
@@ -134,7 +138,7 @@ class Trainer:
 
         load_all()
         torch.set_num_threads(1)
-        self.base = PRESETS.get(PRESET).obj
+        self.base = PRESETS.get(PRESET).obj.replace(dataset=dataset)
         self.backbone = parse_spec(BACKBONES, self.base.backbone)
         dataset = parse_spec(DATASETS, self.base.dataset)
         self.dataset_name = dataset.name
@@ -188,13 +192,13 @@ def objective(trial: optuna.Trial, trainer: Trainer, space: dict[str, Param]) ->
     return min(scores.values())
 
 
-def worker(path: str, space: dict[str, Param], index: int, deadline: float,
-           trials: Optional[int]) -> None:
+def worker(path: str, space: dict[str, Param], dataset: Optional[str], index: int,
+           deadline: float, trials: Optional[int]) -> None:
     """One single-thread search process: trials until the deadline (or the trial budget)."""
-    study = open_study(Path(path), space, create=False)
+    study = open_study(Path(path), space, create=False, dataset=dataset)
     study.sampler = optuna.samplers.TPESampler(seed=1000 + index, n_startup_trials=6,
                                                constant_liar=True)
-    trainer = Trainer()
+    trainer = Trainer(dataset)
     callbacks = [optuna.study.MaxTrialsCallback(trials, states=None)] if trials else []
     while time.time() < deadline:
         if trials and len(study.trials) >= trials:
@@ -252,6 +256,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--trials", type=int, default=None, help="stop at this many trials")
     parser.add_argument("--space", nargs="*", default=[], metavar="NAME=LOW:HIGH",
                         help=f"narrow or widen a range ({describe(SPACE)})")
+    parser.add_argument("--dataset", default=None, metavar="SPEC",
+                        help="search for this data instead of the preset's (use another --study)")
     args = parser.parse_args(argv)
     try:
         space = override(SPACE, args.space, "the default recipe's search")
@@ -262,20 +268,27 @@ def main(argv: Optional[list[str]] = None) -> int:
                                  f"got {value}")
         exists = args.study.exists()
         minutes = args.minutes if args.minutes is not None else (0.0 if exists else 25.0)
-        study = open_study(args.study, space, create=minutes > 0)
+        if args.dataset is not None:
+            from bench.plugins import load_all
+            from bench.registry import DATASETS, parse_spec
+
+            load_all()
+            args.dataset = str(parse_spec(DATASETS, args.dataset))
+        study = open_study(args.study, space, create=minutes > 0, dataset=args.dataset)
     except BenchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if minutes > 0:
         deadline = time.time() + 60 * minutes
         ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=worker, args=(str(args.study), space, i, deadline,
-                                                  args.trials)) for i in range(args.workers)]
+        procs = [ctx.Process(target=worker, args=(str(args.study), space, args.dataset, i,
+                                                  deadline, args.trials))
+                 for i in range(args.workers)]
         for p in procs:
             p.start()
         for p in procs:
             p.join()
-        study = open_study(args.study, space, create=False)
+        study = open_study(args.study, space, create=False, dataset=args.dataset)
     print(tabulate(table(study), headers="keys", tablefmt="github", disable_numparse=True))
     chosen = conclude(study)
     if chosen is None:

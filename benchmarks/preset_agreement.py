@@ -15,7 +15,8 @@ at least 6x the default's epochs. Then every headline verdict other than "no det
 difference" (top-1, MaxBoxAccV2, PxAP, learning AUC) under either schedule, and whether each of the
 default's is also the reference's; learning-speed metrics are listed but not checked, since they
 are defined over a schedule's own epochs. ``--dataset`` tries the preset's recipe on other data (a
-candidate workload).
+candidate workload), and ``--recipe NAME=VALUE ...`` changes recipe fields of both schedules (the
+recipe a search chose for that data, say).
 
 Runs are stored under ``--out`` (``default/`` and ``x{factor}/``, one store each), so a rerun
 reuses finished runs; ``--from-store`` prints the table from the stored runs without training
@@ -39,7 +40,7 @@ import bench
 from bench.errors import BenchError
 from bench.metrics import METRICS
 from bench.plugins import load_all
-from bench.presets import PRESETS
+from bench.presets import PRESETS, Recipe
 from bench.report.collect import BASELINE, Group, load
 from bench.report.conclusions import HEADLINE_COMPARISONS, MetricResult, analyse, difference_text
 from bench.report.stats import BETTER, WORSE
@@ -72,12 +73,32 @@ def schedule(out: Path, epochs: int, args: argparse.Namespace) -> tuple[Group, O
         start = time.perf_counter()
         bench.run(args.methods, preset=args.preset, dataset=args.dataset, epochs=epochs,
                   seeds=args.seeds, tasks=args.tasks, out=out, jobs=args.jobs,
-                  threads=args.threads, report=False, progress=not args.no_progress)
+                  threads=args.threads, report=False, progress=not args.no_progress,
+                  **args.recipe)
         seconds = time.perf_counter() - start
-    recipe = dataclasses.asdict(PRESETS.get(args.preset).obj.replace(epochs=epochs))
+    recipe = dataclasses.asdict(PRESETS.get(args.preset).obj.replace(epochs=epochs,
+                                                                      **args.recipe))
     wanted = {k: (list(v) if isinstance(v, tuple) else v) for k, v in recipe.items()
               if k not in ("seeds", "dataset", "backbone")}
     return find_group(out, wanted), seconds
+
+
+def recipe_changes(preset: Recipe, texts: list[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` texts as typed recipe changes (each value of its field's type); a bad one is a
+    BenchError naming the valid fields."""
+    changes: dict[str, Any] = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        if not sep or not value:
+            raise BenchError(f"--recipe {text}: write NAME=VALUE")
+        kind = type(getattr(preset, name, None))
+        try:
+            changes[name] = (value.lower() in ("1", "true") if kind is bool
+                             else kind(value) if kind in (int, float, str) else value)
+        except ValueError:
+            raise BenchError(f"--recipe {text}: {name} must be {kind.__name__}") from None
+    preset.replace(**changes)  # an unknown field or a value out of range: its BenchError
+    return changes
 
 
 def late_gain(group: Group, method: str) -> Optional[float]:
@@ -173,6 +194,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="default: the preset's")
     parser.add_argument("--methods", nargs="*", default=None)
     parser.add_argument("--dataset", default=None, help="dataset spec (default: the preset's)")
+    parser.add_argument("--recipe", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="recipe fields of both schedules (default: the preset's)")
     parser.add_argument("--tasks", nargs="+", default=["accuracy", "wsol"],
                         help="tasks of both schedules (default: accuracy wsol)")
     parser.add_argument("--jobs", type=int, default=None,
@@ -190,6 +213,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.factor < 2:
             raise BenchError(f"--factor must be >= 2, got {args.factor}")
         args.seeds = args.seeds or preset.seeds
+        args.recipe = recipe_changes(preset, args.recipe)
+        fixed = sorted(set(args.recipe) & {"epochs", "seeds", "dataset", "backbone"})
+        if fixed:
+            raise BenchError(f"--recipe cannot set {fixed[0]}: the preset's epochs and --factor "
+                             f"set the schedules, --seeds the seeds, --dataset the data")
         epochs = (preset.epochs, preset.epochs * args.factor)
         short, short_s = schedule(args.out / "default", epochs[0], args)
         long, long_s = schedule(args.out / f"x{args.factor}", epochs[1], args)
@@ -213,7 +241,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"\nreference: {epochs[1]} epochs = {args.factor}x the default's {epochs[0]}"
           + ("" if args.factor >= MIN_FACTOR else f" (below the {MIN_FACTOR}x the targets "
                                                    "are stated for)")
-          + f"; seeds {seeds}; intervals: {args.interval}")
+          + f"; seeds {seeds}; intervals: {args.interval}"
+          + "".join(f"; {k}={v}" for k, v in args.recipe.items()))
     largest = "none compared" if d["method"] is None else f"{d['largest_pp']:.2f} pp"
     print(f"- differences to GAP-FC within {TARGET_DIFFERENCE:g} pp of the reference's: "
           f"{met[d['met']]} (largest {largest}, {d['method']}"
@@ -230,7 +259,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if short_s is not None:
         print(f"wall time this call: {short_s:.0f} s + {long_s:.0f} s")
     targets["verdicts_confirmed"] = {"met": not unconfirmed, "unconfirmed": unconfirmed}
-    summary = {"preset": args.preset, "epochs": epochs, "factor": args.factor, "seeds": seeds,
+    summary = {"preset": args.preset, "dataset": args.dataset, "recipe_changes": args.recipe,
+               "epochs": epochs, "factor": args.factor, "seeds": seeds,
                "interval": args.interval, "rows": rows, "targets": targets,
                "headline_verdicts": verdicts}
     (args.out / "agreement.json").write_text(json.dumps(summary, indent=2))

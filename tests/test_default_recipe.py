@@ -39,6 +39,7 @@ def test_the_stored_study_reproduces_the_quick_recipe(script, tmp_path, capsys):
     (["--space", "lr=0.01:inf"], "bounds must be finite"),
     (["--space", "weight_decay=nan:0.1"], "bounds must be finite"),
     (["--workers", "0"], "--workers must be >= 1"),
+    (["--dataset", "digits-clutter[bogus=1]"], "unknown option 'bogus'"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(script, tmp_path, capsys, args, message):
     study = tmp_path / "study.jsonl"
@@ -57,3 +58,13 @@ def test_a_study_whose_every_candidate_failed_stores_nothing_as_chosen(script, t
     assert script.main(["--study", str(path)]) == 1
     assert "no candidate completed (2 tried" in capsys.readouterr().err
     assert "chosen" not in script.open_study(path, script.SPACE, create=False).user_attrs
+
+
+def test_a_study_of_other_data_is_not_continued_with_the_preset_s(script, tmp_path, capsys):
+    path = tmp_path / "study.jsonl"
+    other = "digits-clutter[canvas=20,clutter=8,clutter_contrast=0.7,max_size=14,min_size=8]"
+    study = script.open_study(path, script.SPACE, create=True, dataset=other)
+    assert study.user_attrs["base_recipe"]["dataset"] == other
+    assert script.open_study(path, script.SPACE, create=False, dataset=other).study_name
+    assert script.main(["--study", str(path)]) == 2
+    assert "stored with another base_recipe" in capsys.readouterr().err

@@ -44,3 +44,23 @@ def test_verdicts_are_confirmed_missing_or_reference_only(script):
                     ("PxAP", "b"): (same, "worse", "reference only"),
                     ("learning AUC", "a"): ("better", same, "schedule-bound")}
     assert unconfirmed == ["b top1"]
+
+
+def test_recipe_changes_are_typed_and_bad_ones_named(script):
+    from bench.errors import BenchError
+    from bench.presets import PRESETS
+
+    preset = PRESETS.get("quick").obj
+    changes = script.recipe_changes(preset, ["lr=0.1", "batch_size=32", "nesterov=true"])
+    assert changes == {"lr": 0.1, "batch_size": 32, "nesterov": True}
+    for text, message in (("lr", "write NAME=VALUE"), ("batch_size=1.5", "must be int"),
+                          ("bogus=1", "bogus is not a recipe setting"),
+                          ("lr=-1", "lr must be positive")):
+        with pytest.raises(BenchError, match=message):
+            script.recipe_changes(preset, [text])
+
+
+def test_recipe_cannot_set_what_the_schedules_fix(script, tmp_path, capsys):
+    assert script.main(["--from-store", "--out", str(tmp_path), "--recipe", "epochs=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --recipe cannot set epochs") and err.count("\n") == 1
