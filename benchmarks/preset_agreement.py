@@ -92,9 +92,13 @@ def recipe_changes(preset: Recipe, texts: list[str]) -> dict[str, Any]:
         if not sep or not value:
             raise BenchError(f"--recipe {text}: write NAME=VALUE")
         kind = type(getattr(preset, name, None))
+        if kind is bool:
+            if value.lower() not in ("true", "false"):
+                raise BenchError(f"--recipe {text}: {name} must be true or false")
+            changes[name] = value.lower() == "true"
+            continue
         try:
-            changes[name] = (value.lower() in ("1", "true") if kind is bool
-                             else kind(value) if kind in (int, float, str) else value)
+            changes[name] = kind(value) if kind in (int, float, str) else value
         except ValueError:
             raise BenchError(f"--recipe {text}: {name} must be {kind.__name__}") from None
     preset.replace(**changes)  # an unknown field or a value out of range: its BenchError
