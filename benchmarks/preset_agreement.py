@@ -41,6 +41,7 @@ from bench.errors import BenchError
 from bench.metrics import METRICS
 from bench.plugins import load_all
 from bench.presets import PRESETS, Recipe
+from bench.registry import coerce_option
 from bench.report.collect import BASELINE, Group, load
 from bench.report.conclusions import HEADLINE_COMPARISONS, MetricResult, analyse, difference_text
 from bench.report.stats import BETTER, WORSE
@@ -84,23 +85,16 @@ def schedule(out: Path, epochs: int, args: argparse.Namespace) -> tuple[Group, O
 
 
 def recipe_changes(preset: Recipe, texts: list[str]) -> dict[str, Any]:
-    """``NAME=VALUE`` texts as typed recipe changes (each value of its field's type); a bad one is a
-    BenchError naming the valid fields."""
+    """``NAME=VALUE`` texts as recipe changes, each typed like its field (``coerce_option``); a bad
+    one is a BenchError naming the problem or the valid fields."""
     changes: dict[str, Any] = {}
     for text in texts:
         name, sep, value = text.partition("=")
         if not sep or not value:
             raise BenchError(f"--recipe {text}: write NAME=VALUE")
-        kind = type(getattr(preset, name, None))
-        if kind is bool:
-            if value.lower() not in ("true", "false"):
-                raise BenchError(f"--recipe {text}: {name} must be true or false")
-            changes[name] = value.lower() == "true"
-            continue
-        try:
-            changes[name] = kind(value) if kind in (int, float, str) else value
-        except ValueError:
-            raise BenchError(f"--recipe {text}: {name} must be {kind.__name__}") from None
+        default = getattr(preset, name, None)
+        changes[name] = value if default is None else \
+            coerce_option("recipe", "--recipe", name, value, default)
     preset.replace(**changes)  # an unknown field or a value out of range: its BenchError
     return changes
 

@@ -53,10 +53,10 @@ def test_recipe_changes_are_typed_and_bad_ones_named(script):
     preset = PRESETS.get("quick").obj
     changes = script.recipe_changes(preset, ["lr=0.1", "batch_size=32", "nesterov=true"])
     assert changes == {"lr": 0.1, "batch_size": 32, "nesterov": True}
-    for text, message in (("lr", "write NAME=VALUE"), ("batch_size=1.5", "must be int"),
+    for text, message in (("lr", "write NAME=VALUE"), ("batch_size=1.5", "expected an integer"),
                           ("bogus=1", "bogus is not a recipe setting"),
                           ("lr=-1", "lr must be positive"),
-                          ("nesterov=yes", "nesterov must be true or false")):
+                          ("nesterov=maybe", "expected true or false")):
         with pytest.raises(BenchError, match=message):
             script.recipe_changes(preset, [text])
 
